@@ -1,0 +1,1 @@
+"""kiln converter: Hugging Face checkpoints to GGUF."""

@@ -1,0 +1,1 @@
+"""kiln runtime: chat with GGUF models through llama.cpp."""
