@@ -1,0 +1,140 @@
+"""`kiln convert` and `kiln inspect`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import KilnError
+from .quants import QUANT_NAMES
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def default_output(src: Path, quant: str) -> Path:
+    return Path(f"{src.resolve().name}-{quant.lower()}.gguf")
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output .gguf file (default: ./<folder>-<quant>.gguf).")
+@click.option("-q", "--quant", default="f16", show_default=True, metavar="TYPE",
+              help=f"Output type, as llama.cpp spells it, any case: {', '.join(QUANT_NAMES)}.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+              help="Quantization threads (default: all cores).")
+@click.option("--quiet", is_flag=True, help="No progress bar, only the final line.")
+def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None, quiet: bool) -> None:
+    """Convert the Hugging Face checkpoint folder SRC into one GGUF file.
+
+    Tensors are streamed a few rows at a time, so memory use does not grow with model size.
+    Norms and other 1-D tensors stay F32; rows that cannot be block-quantized fall back to F16.
+    The output appears only when complete: an error or Ctrl-C leaves nothing behind.
+
+    \b
+    Examples:
+      kiln convert ./llm-jp-3-1.8b -o llm-jp-3-1.8b-q8_0.gguf --quant q8_0
+      kiln convert ./RakutenAI-7B-instruct --quant Q4_0
+    """
+    from .pipeline import convert  # heavy imports only when used
+    from .quants import parse_quant
+
+    qtype = parse_quant(quant)
+    out = out or default_output(src, qtype.name)
+    bar_state: dict = {}
+
+    def on_plan(n_tensors: int, total: int) -> None:
+        if quiet:
+            return
+        bar_state["n"], bar_state["i"], bar_state["last"] = n_tensors, 0, None
+        bar_state["bar"] = click.progressbar(
+            length=total, label=f"{src.name} -> {out.name} [{qtype.name}]", file=sys.stderr,
+            show_eta=True, show_percent=True, width=30,
+            item_show_func=lambda name: name and f"{bar_state['i']}/{bar_state['n']} {name}")
+        bar_state["bar"].__enter__()
+
+    def progress(nbytes: int, name: str) -> None:
+        bar = bar_state.get("bar")
+        if bar is None:
+            return
+        if name != bar_state["last"]:
+            bar_state["i"] += 1
+            bar_state["last"] = name
+        bar.update(nbytes, name)
+
+    try:
+        summary = convert(src, out, qtype, threads=threads, progress=progress, on_plan=on_plan)
+    finally:
+        if "bar" in bar_state:
+            bar_state["bar"].__exit__(None, None, None)
+    types = ", ".join(f"{n} {k}" for k, n in sorted(summary.types.items(), key=lambda x: -x[1]))
+    click.echo(f"wrote {summary.path}: {_size(summary.file_bytes)}, {summary.n_tensors} tensors "
+               f"({types}), {summary.n_params / 1e6:.1f}M params, "
+               f"{summary.bits_per_weight:.2f} bits/weight, {summary.seconds:.1f} s")
+    if summary.fallbacks:
+        click.echo(f"{len(summary.fallbacks)} tensors kept another type than {qtype.name}:", err=True)
+        for line in summary.fallbacks[:10]:
+            click.echo(f"  {line}", err=True)
+        if len(summary.fallbacks) > 10:
+            click.echo(f"  ... and {len(summary.fallbacks) - 10} more", err=True)
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tensors", "list_tensors", is_flag=True, help="Also list every tensor.")
+def inspect_cmd(path: Path, as_json: bool, list_tensors: bool) -> None:
+    """Show a GGUF file's metadata and a summary of its tensor types."""
+    from .gguf_info import read_info
+
+    info = read_info(path, with_tensors=list_tensors or as_json)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{path}: GGUF v{info['version']}, {_size(info['file_bytes'])}, "
+               f"{info['n_tensors']} tensors, {info['n_params'] / 1e6:.1f}M params, "
+               f"{info['bits_per_weight']:.2f} bits/weight")
+    click.echo("metadata:")
+    for key, value in info["metadata"].items():
+        click.echo(f"  {key} = {_show(value)}")
+    click.echo("tensor types:")
+    for name, row in info["types"].items():
+        click.echo(f"  {name:6} {row['count']:5} tensors  {_size(row['bytes']):>10}")
+    if list_tensors:
+        click.echo("tensors:")
+        for t in info["tensors"]:
+            click.echo(f"  {t['name']:40} {t['type']:6} {t['shape']}")
+
+
+def _show(value) -> str:
+    if isinstance(value, dict) and "array" in value:
+        head = ", ".join(repr(v) for v in value["head"])
+        more = ", ..." if value["length"] > len(value["head"]) else ""
+        return f"[{head}{more}] ({value['length']} {value['array']})"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
+    """Run a click group: KilnError -> one line on stderr, exit 1; Ctrl-C -> exit 130."""
+    try:
+        group.main(args=argv, prog_name="kiln", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KilnError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted; no output was written", err=True)
+        sys.exit(130)

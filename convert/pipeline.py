@@ -1,0 +1,254 @@
+"""Convert one checkpoint folder into one GGUF file: plan everything, then stream row chunks.
+
+Memory stays bounded by (threads x chunk size), whatever the model size: tensors are read from
+memory-mapped files a few rows at a time, quantized on a thread pool and written in order.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gguf
+import numpy as np
+
+from . import __version__
+from .checkpoint import Checkpoint
+from .errors import KilnError
+from .families import family_for
+from .quants import FILE_TYPES, block_size, parse_quant, quantize, row_nbytes
+from .tensors import OutTensor, is_mapped
+from .vocab import write_vocab
+
+log = logging.getLogger(__name__)
+Q = gguf.GGMLQuantizationType
+
+CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per work item
+
+
+@dataclass
+class Summary:
+    path: Path
+    n_tensors: int
+    n_params: int
+    tensor_bytes: int
+    file_bytes: int
+    seconds: float
+    types: dict[str, int]                       # type name -> tensor count
+    fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.tensor_bytes / max(self.n_params, 1)
+
+
+ProgressFn = Callable[[int, str], None]          # (bytes just written, current tensor name)
+
+
+def load_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise KilnError(model_dir, "not a folder (expected a Hugging Face checkpoint folder)")
+    if not path.is_file():
+        raise KilnError(path, "not found: is this a Hugging Face model folder?")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KilnError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise KilnError(path, "not a JSON object")
+    return config
+
+
+def choose_type(t: OutTensor, want: Q, has_output: bool) -> tuple[Q, str]:
+    """The GGUF type of one tensor for the requested output type, and why if it differs."""
+    if t.keep_f32 or len(t.shape) == 1:
+        return Q.F32, ""
+    if want in (Q.F32, Q.F16, Q.BF16):
+        return want, ""
+    ncols = t.shape[-1]
+    if ncols % block_size(want):
+        return Q.F16, f"rows of {ncols} are not a multiple of {block_size(want)}"
+    is_output = t.name == "output.weight" or (not has_output and t.name == "token_embd.weight")
+    if want == Q.Q4_0 and is_output:
+        return Q.Q8_0, "output projection kept at higher precision"
+    return want, ""
+
+
+def plan(model_dir: Path, quant: str | Q):
+    """Open the checkpoint and decide every output tensor before any output is written."""
+    config = load_config(model_dir)
+    family = family_for(config, model_dir)
+    want = parse_quant(quant) if isinstance(quant, str) else quant
+    ckpt = Checkpoint(model_dir)
+    try:
+        tensors = family.tensors(ckpt)
+        has_output = any(t.name == "output.weight" for t in tensors)
+        for t in tensors:
+            t.qtype, t.note = choose_type(t, want, has_output)
+        vocab = family.vocab()
+    except BaseException:
+        ckpt.close()
+        raise
+    return family, ckpt, tensors, vocab, want
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, quant: str | Q = "f16",
+            threads: int | None = None, progress: ProgressFn | None = None,
+            on_plan: Callable[[int, int], None] | None = None) -> Summary:
+    """Convert checkpoint folder `src` into GGUF file `out`. Never leaves a partial `out`."""
+    started = time.perf_counter()
+    model_dir, out = Path(src), Path(out)
+    family, ckpt, tensors, vocab, want = plan(model_dir, quant)
+    with ckpt:
+        tensor_bytes = sum(_nbytes(t) for t in tensors)
+        if on_plan:
+            on_plan(len(tensors), tensor_bytes)
+        _check_output(out, tensor_bytes)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        try:
+            writer = gguf.GGUFWriter(path=None, arch=family.gguf_arch)
+            _write_metadata(writer, family, model_dir, want, vocab)
+            for t in tensors:
+                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t), t.qtype)
+            try:
+                writer.write_header_to_file(path=tmp)
+            except OSError as exc:
+                raise _write_error(out, exc) from None
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            _stream(writer, tensors, threads or os.cpu_count() or 1, progress, out)
+            writer.close()
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                writer.close()
+            except Exception:
+                pass
+            tmp.unlink(missing_ok=True)
+            raise
+    types: dict[str, int] = {}
+    for t in tensors:
+        types[t.qtype.name] = types.get(t.qtype.name, 0) + 1
+    return Summary(
+        path=out, n_tensors=len(tensors), n_params=sum(int(np.prod(t.shape)) for t in tensors),
+        tensor_bytes=tensor_bytes, file_bytes=out.stat().st_size,
+        seconds=time.perf_counter() - started, types=types,
+        fallbacks=[f"{t.name}: {t.qtype.name} ({t.note})" for t in tensors if t.note])
+
+
+def _nbytes(t: OutTensor) -> int:
+    return int(np.prod(t.shape[:-1], dtype=np.int64)) * row_nbytes(t.shape[-1], t.qtype)
+
+
+def _check_output(out: Path, needed: int) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise KilnError(out, "is a folder; give a file name such as model.gguf")
+    if not parent.is_dir():
+        raise KilnError(out, f"cannot write: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise KilnError(out, f"cannot write: no permission to write in {parent}")
+    free = shutil.disk_usage(parent).free
+    if free < needed + (64 << 20):
+        raise KilnError(out, f"not enough disk space: needs {_size(needed)}, {_size(free)} free")
+
+
+def _write_error(out: Path, exc: OSError) -> KilnError:
+    if exc.errno == errno.ENOSPC:
+        return KilnError(out, "disk full while writing; nothing was kept")
+    return KilnError(out, f"cannot write: {exc.strerror or exc}")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _put(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value) if 0 <= value < 2**32 else writer.add_int64(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        writer.add_array(key, list(value))
+    else:
+        raise TypeError(f"cannot store {key}={value!r} in GGUF")
+
+
+def _write_metadata(writer: gguf.GGUFWriter, family, model_dir: Path, want: Q, vocab) -> None:
+    name = str(family.config.get("_name_or_path") or "").rstrip("/") or model_dir.resolve().name
+    writer.add_name(name.split("/")[-1])
+    writer.add_file_type(int(FILE_TYPES[want]))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_string("general.source.url", name) if "/" in name else None
+    for key, value in family.hparams().items():
+        _put(writer, key, value)
+    write_vocab(writer, vocab)
+    _put(writer, "kiln.version", __version__)
+    _put(writer, "kiln.source_type", want.name)
+    for key, value in family.kiln_metadata().items():
+        _put(writer, key, value)
+
+
+def _stream(writer: gguf.GGUFWriter, tensors: list[OutTensor], threads: int,
+            progress: ProgressFn | None, out: Path) -> None:
+    """Quantize row chunks on a thread pool and write them in file order."""
+    fout = writer.fout[0]
+    align = writer.data_alignment
+
+    def work(t: OutTensor, start: int, stop: int) -> np.ndarray:
+        data = quantize(t.source.rows(start, stop), t.qtype)
+        if is_mapped(data):  # F32 in, F32 out: still a view on the checkpoint's pages
+            data = data.copy()
+        t.source.done(start, stop)
+        return data
+
+    def jobs():
+        for t in tensors:
+            n_rows, n_cols = t.source.n_rows, t.source.n_cols
+            step = max(1, CHUNK_ELEMENTS // n_cols)
+            for start in range(0, n_rows, step):
+                yield t, start, min(start + step, n_rows)
+
+    def write(t: OutTensor, start: int, data: np.ndarray) -> None:
+        try:
+            if start == 0:
+                fout.write(b"\0" * (-fout.tell() % align))
+            fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+        except OSError as exc:
+            raise _write_error(out, exc) from None
+        if progress:
+            progress(data.nbytes, t.name)
+
+    pending: deque[tuple[OutTensor, int, Future]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kiln-quant") as pool:
+        try:
+            for t, start, stop in jobs():
+                pending.append((t, start, pool.submit(work, t, start, stop)))
+                while len(pending) > threads + 1:
+                    done_t, done_start, fut = pending.popleft()
+                    write(done_t, done_start, fut.result())
+            while pending:
+                done_t, done_start, fut = pending.popleft()
+                write(done_t, done_start, fut.result())
+        except BaseException:
+            for _, _, fut in pending:
+                fut.cancel()
+            raise
+    fout.write(b"\0" * (-fout.tell() % align))

@@ -1,0 +1,393 @@
+"""Output tensor types: float conversions and ggml's reference block quantizers, in numpy.
+
+Every function here produces bytes that are identical to what ggml itself writes
+(`ggml_quantize_chunk`, which uses `quantize_row_q8_0_ref` / `quantize_row_q4_0_ref` and the
+scalar fp16/bf16 converters).  The quantizers are written for throughput: the data is processed
+in cache-sized slices of blocks, every step is a whole-slice numpy ufunc writing into a reused
+buffer, and nothing goes through float64.
+
+Rules of ggml's reference code that the numpy below reproduces (all arithmetic in float32):
+
+Q8_0, per block of 32:  amax = max |x|;  d = amax / 127;  id = d ? 1/d : 0;
+    q = (int8) roundf(x * id)   (roundf: halves away from zero);  d stored as fp16.
+Q4_0, per block of 32:  max = the signed value of largest magnitude (the first one on ties);
+    d = max / -8;  id = d ? 1/d : 0;  q = min(15, (int8)(x * id + 8.5f))  (truncation);
+    byte j = q[j] | q[j + 16] << 4;  d stored as fp16.
+BF16: bits = (u + 0x7fff + ((u >> 16) & 1)) >> 16 (round to nearest even); a NaN keeps its top
+    16 bits with the quiet bit (0x0040) forced on.
+F16: round to nearest even (numpy's cast); a NaN becomes ggml's canonical 0x7e00 plus its sign.
+
+NaN or infinite inputs to the block quantizers are not reproduced bit for bit: ggml's own
+result there depends on undefined float-to-int conversions.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+from gguf import GGMLQuantizationType, LlamaFileType
+
+from convert.errors import KilnError
+
+__all__ = [
+    "QUANT_NAMES",
+    "FILE_TYPES",
+    "parse_quant",
+    "bf16_to_f32",
+    "to_f32",
+    "block_size",
+    "type_size",
+    "row_nbytes",
+    "quantize",
+]
+
+QT = GGMLQuantizationType
+
+QUANT_NAMES: dict[str, GGMLQuantizationType] = {
+    "f32": QT.F32,
+    "f16": QT.F16,
+    "bf16": QT.BF16,
+    "q8_0": QT.Q8_0,
+    "q4_0": QT.Q4_0,
+}
+
+FILE_TYPES: dict[GGMLQuantizationType, int] = {
+    QT.F32: int(LlamaFileType.ALL_F32),
+    QT.F16: int(LlamaFileType.MOSTLY_F16),
+    QT.BF16: int(LlamaFileType.MOSTLY_BF16),
+    QT.Q8_0: int(LlamaFileType.MOSTLY_Q8_0),
+    QT.Q4_0: int(LlamaFileType.MOSTLY_Q4_0),
+}
+
+# (elements per block, bytes per block)
+_LAYOUT: dict[GGMLQuantizationType, tuple[int, int]] = {
+    QT.F32: (1, 4),
+    QT.F16: (1, 2),
+    QT.BF16: (1, 2),
+    QT.Q8_0: (32, 2 + 32),
+    QT.Q4_0: (32, 2 + 16),
+}
+
+# Blocks per slice: 4096 blocks = 128 Ki floats = 512 KiB per float32 buffer, so the few
+# buffers in use at once stay in a core's L2 cache.
+_SLICE_BLOCKS = 4096
+
+_F32 = np.float32
+_HALF_BELOW = np.nextafter(_F32(0.5), _F32(0))  # 0.49999997f
+_EIGHT_HALF = _F32(8.5)
+
+
+def parse_quant(name: str) -> GGMLQuantizationType:
+    """'Q8_0', 'q8_0', ... -> the GGML type; anything else is a KilnError."""
+    qtype = QUANT_NAMES.get(str(name).strip().lower())
+    if qtype is None:
+        raise KilnError(None, f"unknown quantization type {name!r} (choose from: {', '.join(QUANT_NAMES)})")
+    return qtype
+
+
+def _check_qtype(qtype) -> GGMLQuantizationType:
+    try:
+        qtype = QT(qtype)
+    except ValueError:
+        raise ValueError(f"unsupported output type {qtype!r}") from None
+    if qtype not in _LAYOUT:
+        raise ValueError(f"unsupported output type {qtype.name}")
+    return qtype
+
+
+def block_size(qtype) -> int:
+    """Elements per block: 1 for the float types, 32 for Q8_0 and Q4_0."""
+    return _LAYOUT[_check_qtype(qtype)][0]
+
+
+def type_size(qtype) -> int:
+    """Bytes per block."""
+    return _LAYOUT[_check_qtype(qtype)][1]
+
+
+def row_nbytes(ncols: int, qtype) -> int:
+    """Bytes that one row of `ncols` elements takes in the GGUF file."""
+    bs, ts = _LAYOUT[_check_qtype(qtype)]
+    ncols = int(ncols)
+    if ncols < 0 or ncols % bs:
+        raise ValueError(f"row length {ncols} is not a multiple of the {QT(qtype).name} block size {bs}")
+    return ncols // bs * ts
+
+
+# --------------------------------------------------------------------------- to float32
+
+
+def bf16_to_f32(u16) -> np.ndarray:
+    """bfloat16 bit patterns (any 2-byte integer array or scalar) -> float32, exactly."""
+    a = np.asarray(u16)
+    if a.dtype.itemsize != 2:
+        a = a.astype(np.uint16)
+    elif a.dtype != np.uint16:
+        a = a.view(np.uint16)
+    out = np.empty(a.shape, dtype=np.uint32)
+    np.left_shift(a, np.uint32(16), out=out, dtype=np.uint32)
+    return out.view(np.float32)
+
+
+def to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored tensor data (safetensors dtype spelling) -> a new, writable, C-contiguous float32 array.
+
+    `raw` is never modified (it may be a read-only memory map).  BF16 data arrives as uint16.
+    """
+    raw = np.asarray(raw)
+    kind = str(dtype).upper()
+    if kind == "BF16":
+        return bf16_to_f32(raw)
+    if kind == "F16":
+        src = raw if raw.dtype == np.float16 else raw.view(np.float16)
+    elif kind == "F32":
+        src = raw if raw.dtype == np.float32 else raw.view(np.float32)
+    elif kind == "F64":
+        src = raw if raw.dtype == np.float64 else raw.view(np.float64)
+    else:
+        raise KilnError(None, f"cannot convert tensor data of type {dtype} to float (supported: F32, F16, BF16, F64)")
+    out = np.empty(src.shape, dtype=np.float32)
+    np.copyto(out, src, casting="unsafe")  # float64 -> float32 rounds to nearest even, like C
+    return out
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def quantize(x: np.ndarray, qtype) -> np.ndarray:
+    """float32 rows -> a C-contiguous array whose bytes are exactly the GGUF data of those rows.
+
+    `x` has shape (..., ncols) (normally (rows, ncols)); it is not modified.  F32 comes back as
+    float32, F16 as float16, BF16 as uint16 (the bit patterns), all of x's shape; Q8_0 and Q4_0
+    come back as uint8 of shape (..., row_nbytes(ncols, qtype)).
+    """
+    qtype = _check_qtype(qtype)
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("cannot quantize a 0-d array")
+    ncols = x.shape[-1]
+    nbytes = row_nbytes(ncols, qtype)  # raises ValueError on a bad row length
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+
+    if qtype == QT.F32:
+        return x
+    flat = x.reshape(-1)
+    if qtype == QT.F16:
+        return _to_f16(flat).reshape(x.shape)
+    if qtype == QT.BF16:
+        return _to_bf16(flat).reshape(x.shape)
+
+    out = np.empty(x.shape[:-1] + (nbytes,), dtype=np.uint8)
+    if flat.size:
+        blocks = out.reshape(-1, type_size(qtype))
+        if qtype == QT.Q8_0:
+            _q8_0(flat, blocks)
+        else:
+            _q4_0(flat, blocks)
+    return out
+
+
+def _slices(nblocks: int):
+    for start in range(0, nblocks, _SLICE_BLOCKS):
+        yield start, min(start + _SLICE_BLOCKS, nblocks)
+
+
+def _has_nan(a: np.ndarray) -> bool:
+    # max() propagates NaN and is a single fast vectorised pass
+    return a.size > 0 and bool(np.isnan(np.max(a)))
+
+
+def _f16_bits(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray) -> None:
+    """float32 (1-D) -> IEEE half bit patterns in `out` (uint16), rounding to nearest even.
+
+    Integer arithmetic on the float32 bits, about twice as fast as numpy's float16 cast:
+    normal halves round away the 13 low mantissa bits as in `_to_bf16` and re-bias the exponent
+    (the carry of a round-up moves into the exponent, as it should); magnitudes that round to
+    65536 or more become inf; magnitudes below 2**-14 (half subnormals) take their bits from
+    `|x| + 0.5f`, whose float32 rounding is exactly the half subnormal rounding.  A NaN becomes
+    ggml's canonical 0x7e00 (plus sign).  `a`, `t`: uint32 scratch of x's length.
+    """
+    u32 = np.uint32
+    u = x.view(u32)
+    np.bitwise_and(u, u32(0x7FFFFFFF), out=a)
+    np.right_shift(a, u32(13), out=t)
+    np.bitwise_and(t, u32(1), out=t)
+    np.add(t, a, out=t)
+    # + 0xfff rounds; - (112 << 23) turns the float32 exponent bias (127) into half's (15).
+    # Magnitudes below 2**-14 wrap around here and are redone below.
+    np.add(t, u32((0xFFF - (112 << 23)) & 0xFFFFFFFF), out=t)
+    np.right_shift(t, u32(13), out=t)
+    if a.size and np.max(a) >= u32(0x477FF000):  # |x| >= 65520 rounds to inf; also inf, NaN
+        t[a >= u32(0x477FF000)] = 0x7C00
+        t[a > u32(0x7F800000)] = 0x7E00
+    tiny = a < u32(0x38800000)
+    count = np.count_nonzero(tiny)
+    if count:
+        if count * 16 < a.size:
+            idx = np.flatnonzero(tiny)
+            t[idx] = (a[idx].view(np.float32) + _F32(0.5)).view(u32) - u32(0x3F000000)
+        else:
+            f = a.view(np.float32)
+            np.add(f, _F32(0.5), out=f)
+            np.subtract(a, u32(0x3F000000), out=a)
+            np.copyto(t, a, where=tiny)
+    np.right_shift(u, u32(16), out=a)
+    np.bitwise_and(a, u32(0x8000), out=a)
+    np.bitwise_or(t, a, out=out, casting="unsafe")
+
+
+def _to_f16(flat: np.ndarray) -> np.ndarray:
+    n = flat.size
+    out = np.empty(n, dtype=np.uint16)
+    step = min(n, _SLICE_BLOCKS * 32)
+    a = np.empty(step, dtype=np.uint32)
+    t = np.empty(step, dtype=np.uint32)
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        _f16_bits(flat[s:e], out[s:e], a[: e - s], t[: e - s])
+    return out.view(np.float16)
+
+
+def _to_bf16(flat: np.ndarray) -> np.ndarray:
+    n = flat.size
+    out = np.empty(n, dtype=np.uint16)
+    u = flat.view(np.uint32)
+    t = np.empty(min(n, _SLICE_BLOCKS * 32), dtype=np.uint32)
+    u32 = np.uint32
+    for s in range(0, n, t.size):
+        e = min(s + t.size, n)
+        us, ts = u[s:e], t[: e - s]
+        np.right_shift(us, u32(16), out=ts)
+        np.bitwise_and(ts, u32(1), out=ts)
+        np.add(ts, us, out=ts)
+        np.add(ts, u32(0x7FFF), out=ts)  # cannot wrap: |finite| bits <= 0xff800000
+        np.right_shift(ts, u32(16), out=out[s:e], casting="unsafe")
+    if _has_nan(flat):
+        nan = np.isnan(flat)
+        out[nan] = ((u[nan] >> u32(16)) | u32(0x0040)).astype(np.uint16)
+    return out
+
+
+def _block_max(a: np.ndarray, nb: int, tmp: np.ndarray, op) -> np.ndarray:
+    """op-reduce each run of 32 elements of `a` (length nb*32) -> (nb,), by halving pairs.
+
+    Pairs of neighbours are combined with long 1-D strided loops, which numpy runs much faster
+    than a reduction along a 32-element axis.
+    """
+    m = tmp[: nb * 16]
+    p = a.reshape(-1, 2)
+    op(p[:, 0], p[:, 1], out=m)
+    size = nb * 16
+    while size > nb:
+        size //= 2
+        p = m[: size * 2].reshape(-1, 2)
+        op(p[:, 0], p[:, 1], out=m[:size])
+    return m[:nb]
+
+
+def _as_blocks_view(rows: np.ndarray, start: int, nbytes: int) -> np.ndarray:
+    """(nb, >=start+nbytes) uint8 -> (nb,) array of opaque nbytes-wide items at column `start`."""
+    return rows[:, start : start + nbytes].view(np.dtype((np.void, nbytes)))[:, 0]
+
+
+def _q8_0(flat: np.ndarray, out: np.ndarray) -> None:
+    nblocks = out.shape[0]
+    cap = min(nblocks, _SLICE_BLOCKS)
+    a = np.empty(cap * 32, dtype=np.float32)  # |x|, then |x| * id + 0.49999997
+    tree = np.empty(cap * 16, dtype=np.float32)
+    d = np.empty(cap, dtype=np.float32)
+    inv = np.empty(cap, dtype=np.float32)
+    q = np.empty(cap * 32, dtype=np.int8)
+    neg = np.empty(cap * 32, dtype=np.bool_)
+    mask = np.empty(cap * 32, dtype=np.int8)
+
+    out_d = out[:, 0:2].view(np.float16)[:, 0]
+    out_q = _as_blocks_view(out, 2, 32)
+    one = _F32(1)
+    for b0, b1 in _slices(nblocks):
+        nb = b1 - b0
+        n = nb * 32
+        xs = flat[b0 * 32 : b1 * 32]
+        A, D, ID, Q, S, M = a[:n], d[:nb], inv[:nb], q[:n], neg[:n], mask[:n]
+
+        np.abs(xs, out=A)
+        amax = _block_max(A, nb, tree, np.maximum)
+        np.divide(amax, _F32(127), out=D)
+        zero = D == 0
+        with np.errstate(divide="ignore"):
+            np.divide(one, D, out=ID)
+        if zero.any():
+            ID[zero] = 0
+        np.copyto(out_d[b0:b1], D, casting="same_kind")  # fp32 -> fp16, round to nearest even
+
+        # roundf(x*id) = sign(x) * trunc(|x|*id + 0.49999997f): |x*id| == |x|*id exactly, and in
+        # float32 adding the largest float below 0.5 then truncating rounds halves up and
+        # everything below a half down (including 0.49999997 itself).
+        A2 = A.reshape(nb, 32)
+        np.multiply(A2, ID[:, None], out=A2)
+        np.add(A, _HALF_BELOW, out=Q, casting="unsafe")  # float -> int8 truncates
+        # apply the sign: (q ^ m) - m with m = -1 where x is negative (signbit: -0.0 too, harmless)
+        np.signbit(xs, out=S)
+        np.negative(S.view(np.int8), out=M)
+        np.bitwise_xor(Q, M, out=Q)
+        np.subtract(Q, M, out=Q)
+        np.copyto(out_q[b0:b1], Q.view(np.dtype((np.void, 32))))
+
+
+def _q4_0(flat: np.ndarray, out: np.ndarray) -> None:
+    nblocks = out.shape[0]
+    cap = min(nblocks, _SLICE_BLOCKS)
+    y = np.empty(cap * 32, dtype=np.float32)
+    tree = np.empty(cap * 16, dtype=np.float32)
+    mx = np.empty(cap, dtype=np.float32)
+    vmax = np.empty(cap, dtype=np.float32)
+    d = np.empty(cap, dtype=np.float32)
+    inv = np.empty(cap, dtype=np.float32)
+    q = np.empty(cap * 32, dtype=np.uint8)
+    hi = np.empty(cap * 4, dtype=np.uint64)
+    packed = np.empty(cap * 2, dtype=np.uint64)
+
+    out_d = out[:, 0:2].view(np.float16)[:, 0]
+    out_q = _as_blocks_view(out, 2, 16)
+    one = _F32(1)
+    u15 = np.uint8(15)
+    for b0, b1 in _slices(nblocks):
+        nb = b1 - b0
+        n = nb * 32
+        xs = flat[b0 * 32 : b1 * 32]
+        Y, MX, V, D, ID, Q = y[:n], mx[:nb], vmax[:nb], d[:nb], inv[:nb], q[:n]
+
+        # signed value of largest magnitude, the first one on ties (ggml: `if (amax < fabsf(v))`)
+        np.copyto(MX, _block_max(xs, nb, tree, np.maximum))
+        mn = _block_max(xs, nb, tree, np.minimum)
+        np.negative(mn, out=D)  # D = -min, the largest magnitude among negatives
+        np.copyto(V, MX)
+        np.copyto(V, mn, where=D > MX)
+        tie = (D == MX) & (MX > 0)
+        if tie.any():  # +a and -a both present: whichever comes first in the block wins
+            rows = np.flatnonzero(tie)
+            xb = xs.reshape(nb, 32)[rows]
+            V[rows] = xb[np.arange(rows.size), np.argmax(np.abs(xb), axis=1)]
+        np.add(V, _F32(0), out=V)  # an all-zero block keeps ggml's initial +0.0 (so d = -0.0)
+
+        np.divide(V, _F32(-8), out=D)
+        zero = D == 0
+        with np.errstate(divide="ignore"):
+            np.divide(one, D, out=ID)
+        if zero.any():
+            ID[zero] = 0
+        np.copyto(out_d[b0:b1], D, casting="same_kind")
+
+        np.multiply(xs.reshape(nb, 32), ID[:, None], out=Y.reshape(nb, 32))
+        np.add(Y, _EIGHT_HALF, out=Q, casting="unsafe")  # (x*id + 8.5f), truncated toward zero
+        np.minimum(Q, u15, out=Q)
+
+        # nibble packing on 8-byte words: values are <= 15, so `<< 4` never crosses a byte.
+        # Per block the words are [lo, lo, hi, hi] (elements 0-7, 8-15, 16-23, 24-31).
+        Q64 = Q.view(np.uint64)
+        H = hi[: nb * 4]
+        np.left_shift(Q64, np.uint64(4), out=H)
+        P = packed[: nb * 2]
+        np.bitwise_or(Q64[0::4], H[2::4], out=P[0::2])
+        np.bitwise_or(Q64[1::4], H[3::4], out=P[1::2])
+        np.copyto(out_q[b0:b1], P.view(np.dtype((np.void, 16))))

@@ -1,0 +1,27 @@
+"""The `kiln` command."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from convert import __version__
+from convert.cli import convert_cmd, inspect_cmd, run_cli
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kiln")
+@click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
+def cli(verbose: bool) -> None:
+    """kiln: convert Hugging Face checkpoints to GGUF and run them offline with llama.cpp."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(convert_cmd)
+cli.add_command(inspect_cmd)
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, argv)
