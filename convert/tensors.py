@@ -36,6 +36,8 @@ def _mapping(arr: np.ndarray) -> mmap.mmap | None:
     base = arr
     while isinstance(base, np.ndarray):
         base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
     return base if isinstance(base, mmap.mmap) else None
 
 
