@@ -199,10 +199,10 @@ def _write_metadata(writer: gguf.GGUFWriter, family, model_dir: Path, want: Q, v
     writer.add_string("general.source.url", name) if "/" in name else None
     for key, value in family.hparams().items():
         _put(writer, key, value)
+    vocab.chat_template = family.chat_template(vocab)
     write_vocab(writer, vocab)
     _put(writer, "kiln.version", __version__)
-    _put(writer, "kiln.source_type", want.name)
-    for key, value in family.kiln_metadata().items():
+    for key, value in family.kiln_metadata(vocab).items():
         _put(writer, key, value)
 
 

@@ -65,6 +65,7 @@ def write_tokenizer(out: Path) -> int:
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     header, offset = {"__metadata__": {"format": "pt"}}, 0
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     for name, arr in tensors.items():
         header[name] = {"dtype": "F32", "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
@@ -75,7 +76,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for arr in tensors.values():
-            f.write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+            f.write(arr.tobytes())
 
 
 def make_checkpoint(out: Path, seed: int = 0) -> None:
@@ -93,7 +94,7 @@ def make_checkpoint(out: Path, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
 
     def mat(rows, cols):
-        return rng.standard_normal((rows, cols), dtype=np.float32) / np.sqrt(cols)
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
 
     t = {"model.embed_tokens.weight": mat(n_vocab, d), "model.norm.weight": np.ones(d, np.float32),
          "lm_head.weight": mat(n_vocab, d)}

@@ -1,6 +1,7 @@
 """What every family module provides, and the helpers they share."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,63 @@ class Family:
     def vocab(self) -> Vocab:
         return load_vocab(self.model_dir, self.config, self.n_vocab())
 
-    def kiln_metadata(self) -> dict[str, Any]:
-        """kiln.* keys for the runtime (family name, context cap, stops, sampling...)."""
-        return {"kiln.family": self.name}
+    # -- chat knowledge: written into the GGUF so the runtime stays family-agnostic --------
+    def chat_template(self, vocab: Vocab) -> str | None:
+        """Jinja chat template for `tokenizer.chat_template` (default: the checkpoint's own)."""
+        return vocab.chat_template
+
+    def eos_ids(self, vocab: Vocab) -> list[int]:
+        """Token ids that end an answer: the tokenizer's eos plus generation_config's."""
+        ids = [vocab.special["eos"]] if "eos" in vocab.special else []
+        gen = self.generation_config().get("eos_token_id")
+        for i in gen if isinstance(gen, list) else [gen]:
+            if isinstance(i, int) and i not in ids:
+                ids.append(i)
+        return ids
+
+    def stop_strings(self) -> list[str]:
+        """Text that starts a new turn: generation stops there and it is never shown."""
+        return []
+
+    def banned_ids(self) -> list[int]:
+        """Token ids that must never be sampled."""
+        return []
+
+    def sampling_defaults(self) -> dict[str, float]:
+        """temperature / top_p / top_k / repeat_penalty, from generation_config.json."""
+        gen, out = self.generation_config(), {}
+        if gen.get("do_sample") is False:
+            out["temperature"] = 0.0
+        elif gen.get("temperature") is not None:
+            out["temperature"] = float(gen["temperature"])
+        for hf, ours in (("top_p", "top_p"), ("top_k", "top_k"),
+                         ("repetition_penalty", "repeat_penalty")):
+            if gen.get(hf) is not None:
+                out[ours] = float(gen[hf])
+        return out
+
+    def generation_config(self) -> dict:
+        path = self.model_dir / "generation_config.json"
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise KilnError(path, f"not valid JSON ({exc})") from None
+        return data if isinstance(data, dict) else {}
+
+    def kiln_metadata(self, vocab: Vocab) -> dict[str, Any]:
+        """kiln.* keys: everything the runtime needs to chat with this model correctly."""
+        meta: dict[str, Any] = {"kiln.family": self.name}
+        if eos := self.eos_ids(vocab):
+            meta["kiln.eos_token_ids"] = eos
+        if stops := self.stop_strings():
+            meta["kiln.stop_strings"] = stops
+        if banned := self.banned_ids():
+            meta["kiln.banned_token_ids"] = banned
+        for key, value in self.sampling_defaults().items():
+            meta[f"kiln.sampling.{key}"] = float(value)
+        return meta
 
     # -- helpers -------------------------------------------------------------------------
     def key(self, suffix: str) -> str:

@@ -84,8 +84,8 @@ class LlamaFamily(Family):
             hp[k("rope.scaling.factor")] = float(scaling["factor"])
         return hp
 
-    def kiln_metadata(self) -> dict[str, Any]:
-        meta = super().kiln_metadata()
+    def kiln_metadata(self, vocab) -> dict[str, Any]:
+        meta = super().kiln_metadata(vocab)
         window = self.sliding_window()
         if window:
             meta["kiln.sliding_window"] = window
