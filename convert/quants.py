@@ -156,45 +156,38 @@ def to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
 def quantize(x: np.ndarray, qtype) -> np.ndarray:
     """float32 rows -> a C-contiguous array whose bytes are exactly the GGUF data of those rows.
 
-    `x` has shape (..., ncols) (normally (rows, ncols)); it is not modified.  F32 comes back as
-    float32, F16 as float16, BF16 as uint16 (the bit patterns), all of x's shape; Q8_0 and Q4_0
-    come back as uint8 of shape (..., row_nbytes(ncols, qtype)).
+    `x` has shape (..., ncols) (normally (rows, ncols)) and is not modified.  F32 comes back as
+    float32 (x itself when it already is C-contiguous float32), F16 as float16, BF16 as uint16
+    bit patterns, all of x's shape; Q8_0 and Q4_0 come back as uint8 of shape
+    (..., row_nbytes(ncols, qtype)).  ValueError when ncols is not a multiple of the block size.
+    Thread-safe; numpy releases the GIL for the heavy loops, so threads run in parallel.
     """
     qtype = _check_qtype(qtype)
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("cannot quantize a 0-d array")
-    ncols = x.shape[-1]
-    nbytes = row_nbytes(ncols, qtype)  # raises ValueError on a bad row length
+    nbytes = row_nbytes(x.shape[-1], qtype)  # raises ValueError on a bad row length
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
-
     if qtype == QT.F32:
         return x
+
     flat = x.reshape(-1)
-    if qtype == QT.F16:
-        return _to_f16(flat).reshape(x.shape)
-    if qtype == QT.BF16:
-        return _to_bf16(flat).reshape(x.shape)
-
-    out = np.empty(x.shape[:-1] + (nbytes,), dtype=np.uint8)
-    if flat.size:
-        blocks = out.reshape(-1, type_size(qtype))
-        if qtype == QT.Q8_0:
-            _q8_0(flat, blocks)
-        else:
-            _q4_0(flat, blocks)
-    return out
-
-
-def _slices(nblocks: int):
-    for start in range(0, nblocks, _SLICE_BLOCKS):
-        yield start, min(start + _SLICE_BLOCKS, nblocks)
+    with np.errstate(all="ignore"):
+        if qtype == QT.F16:
+            out16 = np.empty(flat.size, dtype=np.uint16)
+            _f16_sliced(flat, out16)
+            return out16.view(np.float16).reshape(x.shape)
+        if qtype == QT.BF16:
+            return _to_bf16(flat).reshape(x.shape)
+        out = np.empty(x.shape[:-1] + (nbytes,), dtype=np.uint8)
+        if flat.size:
+            blocks = out.reshape(-1, _LAYOUT[qtype][1])
+            (_q8_0 if qtype == QT.Q8_0 else _q4_0)(flat, blocks)
+        return out
 
 
-def _has_nan(a: np.ndarray) -> bool:
-    # max() propagates NaN and is a single fast vectorised pass
-    return a.size > 0 and bool(np.isnan(np.max(a)))
+_SLICE = _SLICE_BLOCKS * 32
 
 
 def _f16_bits(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray) -> None:
@@ -236,102 +229,124 @@ def _f16_bits(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray) -> N
     np.bitwise_or(t, a, out=out, casting="unsafe")
 
 
-def _to_f16(flat: np.ndarray) -> np.ndarray:
-    n = flat.size
-    out = np.empty(n, dtype=np.uint16)
-    step = min(n, _SLICE_BLOCKS * 32)
+def _f16_sliced(src: np.ndarray, dst: np.ndarray) -> None:
+    """float32 src -> half bit patterns in dst (uint16, same length, may be strided)."""
+    n = src.size
+    step = min(n, _SLICE)
     a = np.empty(step, dtype=np.uint32)
     t = np.empty(step, dtype=np.uint32)
     for s in range(0, n, step):
         e = min(s + step, n)
-        _f16_bits(flat[s:e], out[s:e], a[: e - s], t[: e - s])
-    return out.view(np.float16)
+        _f16_bits(src[s:e], dst[s:e], a[: e - s], t[: e - s])
 
 
 def _to_bf16(flat: np.ndarray) -> np.ndarray:
     n = flat.size
     out = np.empty(n, dtype=np.uint16)
     u = flat.view(np.uint32)
-    t = np.empty(min(n, _SLICE_BLOCKS * 32), dtype=np.uint32)
+    t = np.empty(min(n, _SLICE), dtype=np.uint32)
     u32 = np.uint32
-    for s in range(0, n, t.size):
-        e = min(s + t.size, n)
-        us, ts = u[s:e], t[: e - s]
+    for s in range(0, n, _SLICE):
+        e = min(s + _SLICE, n)
+        us, ts, os_ = u[s:e], t[: e - s], out[s:e]
         np.right_shift(us, u32(16), out=ts)
         np.bitwise_and(ts, u32(1), out=ts)
         np.add(ts, us, out=ts)
-        np.add(ts, u32(0x7FFF), out=ts)  # cannot wrap: |finite| bits <= 0xff800000
-        np.right_shift(ts, u32(16), out=out[s:e], casting="unsafe")
-    if _has_nan(flat):
-        nan = np.isnan(flat)
-        out[nan] = ((u[nan] >> u32(16)) | u32(0x0040)).astype(np.uint16)
+        np.add(ts, u32(0x7FFF), out=ts)  # no wrap: finite bit patterns are <= 0xff800000
+        np.right_shift(ts, u32(16), out=os_, casting="unsafe")
+        if np.isnan(np.max(flat[s:e])):  # max() propagates NaN: one fast pass finds any
+            nan = np.flatnonzero(np.isnan(flat[s:e]))
+            os_[nan] = ((us[nan] >> u32(16)) | u32(0x0040)).astype(np.uint16)
     return out
 
 
-def _block_max(a: np.ndarray, nb: int, tmp: np.ndarray, op) -> np.ndarray:
+def _block_reduce(a: np.ndarray, nb: int, tmp: np.ndarray, op) -> np.ndarray:
     """op-reduce each run of 32 elements of `a` (length nb*32) -> (nb,), by halving pairs.
 
-    Pairs of neighbours are combined with long 1-D strided loops, which numpy runs much faster
-    than a reduction along a 32-element axis.
+    Neighbour pairs are combined by long 1-D strided loops, which numpy runs several times
+    faster than a reduction along a 32-element axis.  The result is a view into `tmp`.
     """
-    m = tmp[: nb * 16]
-    p = a.reshape(-1, 2)
-    op(p[:, 0], p[:, 1], out=m)
     size = nb * 16
+    m = tmp[:size]
+    p = a.reshape(size, 2)
+    op(p[:, 0], p[:, 1], out=m)
     while size > nb:
         size //= 2
-        p = m[: size * 2].reshape(-1, 2)
+        p = m[: size * 2].reshape(size, 2)
         op(p[:, 0], p[:, 1], out=m[:size])
     return m[:nb]
 
 
-def _as_blocks_view(rows: np.ndarray, start: int, nbytes: int) -> np.ndarray:
-    """(nb, >=start+nbytes) uint8 -> (nb,) array of opaque nbytes-wide items at column `start`."""
-    return rows[:, start : start + nbytes].view(np.dtype((np.void, nbytes)))[:, 0]
+def _void(nbytes: int) -> np.dtype:
+    return np.dtype((np.void, nbytes))
+
+
+def _store_scales(d: np.ndarray, out: np.ndarray) -> None:
+    """float32 block scales -> the fp16 `d` field (first 2 bytes) of each block row of `out`."""
+    _f16_sliced(d, out[:, 0:2].view(np.uint16)[:, 0])
+
+
+def _inverse(d: np.ndarray, out: np.ndarray) -> None:
+    """out = d ? 1.0f/d : 0.0f"""
+    np.divide(_F32(1), d, out=out)
+    zero = d == 0
+    if zero.any():
+        out[zero] = 0
+
+
+def _zero_nonfinite(xs: np.ndarray, inv: np.ndarray, peak: np.ndarray, q: np.ndarray) -> None:
+    """Where x*id is not finite, make the quant 0, as ggml's float->int8 conversion does on x86.
+
+    That happens only in blocks whose 1/d overflowed (all |x| below about 4e-37), or whose
+    largest value is inf or NaN; numpy's own cast of inf/NaN is platform dependent.
+    """
+    bad = ~(np.isfinite(inv) & np.isfinite(peak))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        y = xs.reshape(-1, 32)[rows] * inv[rows, None]
+        q2 = q.reshape(-1, 32)
+        q2[rows] = np.where(np.isfinite(y), q2[rows], 0)
 
 
 def _q8_0(flat: np.ndarray, out: np.ndarray) -> None:
     nblocks = out.shape[0]
     cap = min(nblocks, _SLICE_BLOCKS)
-    a = np.empty(cap * 32, dtype=np.float32)  # |x|, then |x| * id + 0.49999997
-    tree = np.empty(cap * 16, dtype=np.float32)
-    d = np.empty(cap, dtype=np.float32)
+    a = np.empty(cap * 32, dtype=np.float32)  # |x|, then |x|*id
+    tree = np.empty(cap * 16, dtype=np.uint32)
     inv = np.empty(cap, dtype=np.float32)
     q = np.empty(cap * 32, dtype=np.int8)
     neg = np.empty(cap * 32, dtype=np.bool_)
     mask = np.empty(cap * 32, dtype=np.int8)
+    scales = np.empty(nblocks, dtype=np.float32)
+    out_q = out[:, 2:34].view(_void(32))[:, 0]
 
-    out_d = out[:, 0:2].view(np.float16)[:, 0]
-    out_q = _as_blocks_view(out, 2, 32)
-    one = _F32(1)
-    for b0, b1 in _slices(nblocks):
-        nb = b1 - b0
-        n = nb * 32
+    for b0 in range(0, nblocks, _SLICE_BLOCKS):
+        b1 = min(b0 + _SLICE_BLOCKS, nblocks)
+        nb, n = b1 - b0, (b1 - b0) * 32
         xs = flat[b0 * 32 : b1 * 32]
-        A, D, ID, Q, S, M = a[:n], d[:nb], inv[:nb], q[:n], neg[:n], mask[:n]
+        A, D, ID, Q, S, M = a[:n], scales[b0:b1], inv[:nb], q[:n], neg[:n], mask[:n]
 
         np.abs(xs, out=A)
-        amax = _block_max(A, nb, tree, np.maximum)
+        np.signbit(xs, out=S)  # while xs is still in cache
+        # max |x| per block; non-negative floats order like their bit patterns, and the
+        # integer maximum is the faster loop
+        amax = _block_reduce(A.view(np.uint32), nb, tree, np.maximum).view(np.float32)
         np.divide(amax, _F32(127), out=D)
-        zero = D == 0
-        with np.errstate(divide="ignore"):
-            np.divide(one, D, out=ID)
-        if zero.any():
-            ID[zero] = 0
-        np.copyto(out_d[b0:b1], D, casting="same_kind")  # fp32 -> fp16, round to nearest even
+        _inverse(D, ID)
 
-        # roundf(x*id) = sign(x) * trunc(|x|*id + 0.49999997f): |x*id| == |x|*id exactly, and in
-        # float32 adding the largest float below 0.5 then truncating rounds halves up and
-        # everything below a half down (including 0.49999997 itself).
+        # roundf(x*id) = sign(x) * trunc(|x|*id + 0.49999997f): |x*id| == |x|*id exactly, and
+        # in float32, adding the largest float below one half then truncating rounds exact
+        # halves away from zero and everything below a half (0.49999997 included) toward it.
         A2 = A.reshape(nb, 32)
         np.multiply(A2, ID[:, None], out=A2)
         np.add(A, _HALF_BELOW, out=Q, casting="unsafe")  # float -> int8 truncates
-        # apply the sign: (q ^ m) - m with m = -1 where x is negative (signbit: -0.0 too, harmless)
-        np.signbit(xs, out=S)
+        # sign: (q ^ m) - m == -q where m == -1 (x negative), q where m == 0
         np.negative(S.view(np.int8), out=M)
         np.bitwise_xor(Q, M, out=Q)
         np.subtract(Q, M, out=Q)
-        np.copyto(out_q[b0:b1], Q.view(np.dtype((np.void, 32))))
+        _zero_nonfinite(xs, ID, amax, Q)
+        np.copyto(out_q[b0:b1], Q.view(_void(32)))
+    _store_scales(scales, out)
 
 
 def _q4_0(flat: np.ndarray, out: np.ndarray) -> None:
@@ -340,54 +355,48 @@ def _q4_0(flat: np.ndarray, out: np.ndarray) -> None:
     y = np.empty(cap * 32, dtype=np.float32)
     tree = np.empty(cap * 16, dtype=np.float32)
     mx = np.empty(cap, dtype=np.float32)
-    vmax = np.empty(cap, dtype=np.float32)
-    d = np.empty(cap, dtype=np.float32)
+    negmin = np.empty(cap, dtype=np.float32)
     inv = np.empty(cap, dtype=np.float32)
     q = np.empty(cap * 32, dtype=np.uint8)
-    hi = np.empty(cap * 4, dtype=np.uint64)
+    shifted = np.empty(cap * 4, dtype=np.uint64)
     packed = np.empty(cap * 2, dtype=np.uint64)
+    scales = np.empty(nblocks, dtype=np.float32)
+    out_q = out[:, 2:18].view(_void(16))[:, 0]
 
-    out_d = out[:, 0:2].view(np.float16)[:, 0]
-    out_q = _as_blocks_view(out, 2, 16)
-    one = _F32(1)
-    u15 = np.uint8(15)
-    for b0, b1 in _slices(nblocks):
-        nb = b1 - b0
-        n = nb * 32
+    for b0 in range(0, nblocks, _SLICE_BLOCKS):
+        b1 = min(b0 + _SLICE_BLOCKS, nblocks)
+        nb, n = b1 - b0, (b1 - b0) * 32
         xs = flat[b0 * 32 : b1 * 32]
-        Y, MX, V, D, ID, Q = y[:n], mx[:nb], vmax[:nb], d[:nb], inv[:nb], q[:n]
+        Y, MX, NM, D, ID, Q = y[:n], mx[:nb], negmin[:nb], scales[b0:b1], inv[:nb], q[:n]
 
-        # signed value of largest magnitude, the first one on ties (ggml: `if (amax < fabsf(v))`)
-        np.copyto(MX, _block_max(xs, nb, tree, np.maximum))
-        mn = _block_max(xs, nb, tree, np.minimum)
-        np.negative(mn, out=D)  # D = -min, the largest magnitude among negatives
-        np.copyto(V, MX)
-        np.copyto(V, mn, where=D > MX)
-        tie = (D == MX) & (MX > 0)
-        if tie.any():  # +a and -a both present: whichever comes first in the block wins
+        # the signed value of largest magnitude, the first one on ties (`if (amax < fabsf(v))`)
+        np.copyto(MX, _block_reduce(xs, nb, tree, np.maximum))
+        np.negative(_block_reduce(xs, nb, tree, np.minimum), out=NM)
+        V = np.where(NM > MX, -NM, MX)
+        tie = (NM == MX) & (MX > 0)
+        if tie.any():  # both +a and -a are present: whichever comes first wins
             rows = np.flatnonzero(tie)
             xb = xs.reshape(nb, 32)[rows]
             V[rows] = xb[np.arange(rows.size), np.argmax(np.abs(xb), axis=1)]
-        np.add(V, _F32(0), out=V)  # an all-zero block keeps ggml's initial +0.0 (so d = -0.0)
-
+        np.add(V, _F32(0), out=V)  # all zeros: ggml keeps its initial +0.0 (so d == -0.0)
         np.divide(V, _F32(-8), out=D)
-        zero = D == 0
-        with np.errstate(divide="ignore"):
-            np.divide(one, D, out=ID)
-        if zero.any():
-            ID[zero] = 0
-        np.copyto(out_d[b0:b1], D, casting="same_kind")
+        _inverse(D, ID)
 
         np.multiply(xs.reshape(nb, 32), ID[:, None], out=Y.reshape(nb, 32))
-        np.add(Y, _EIGHT_HALF, out=Q, casting="unsafe")  # (x*id + 8.5f), truncated toward zero
-        np.minimum(Q, u15, out=Q)
+        np.add(Y, _EIGHT_HALF, out=Q, casting="unsafe")  # (x*id + 8.5f), truncated
+        _zero_nonfinite(xs, ID, V, Q)
 
-        # nibble packing on 8-byte words: values are <= 15, so `<< 4` never crosses a byte.
-        # Per block the words are [lo, lo, hi, hi] (elements 0-7, 8-15, 16-23, 24-31).
+        # Eight bytes at a time: clamp to 15 (the only larger value is 16: subtract its bit 4,
+        # 16 -> 15), then pack nibbles.  Per block the words are [lo, lo, hi, hi] (elements
+        # 0-7, 8-15, 16-23, 24-31); every byte is <= 15, so `<< 4` never crosses a byte.
         Q64 = Q.view(np.uint64)
-        H = hi[: nb * 4]
-        np.left_shift(Q64, np.uint64(4), out=H)
+        H = shifted[: nb * 4]
         P = packed[: nb * 2]
+        np.right_shift(Q64, np.uint64(4), out=H)
+        np.bitwise_and(H, np.uint64(0x0101010101010101), out=H)
+        np.subtract(Q64, H, out=Q64)
+        np.left_shift(Q64, np.uint64(4), out=H)
         np.bitwise_or(Q64[0::4], H[2::4], out=P[0::2])
         np.bitwise_or(Q64[1::4], H[3::4], out=P[1::2])
-        np.copyto(out_q[b0:b1], P.view(np.dtype((np.void, 16))))
+        np.copyto(out_q[b0:b1], P.view(_void(16)))
+    _store_scales(scales, out)

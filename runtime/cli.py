@@ -8,6 +8,8 @@ import click
 from convert import __version__
 from convert.cli import convert_cmd, inspect_cmd, run_cli
 
+from . import chat_cli
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kiln")
@@ -20,6 +22,8 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(convert_cmd)
 cli.add_command(inspect_cmd)
+for _cmd in chat_cli.COMMANDS:
+    cli.add_command(_cmd)
 
 
 

@@ -5,15 +5,26 @@ from pathlib import Path
 
 from ..errors import KilnError
 from .base import Family
+from .jais import JaisFamily
 from .llama import LlamaFamily
+from .llmjp import LlmJpFamily
+from .rakuten import RakutenFamily
 
 # Most specific first: a family that claims an architecture by a closer look at the
 # checkpoint (tokenizer, name) must come before the generic module for that architecture.
-FAMILIES: list[type[Family]] = [LlamaFamily]
+FAMILIES: list[type[Family]] = [LlmJpFamily, RakutenFamily, LlamaFamily, JaisFamily]
 
 
 def supported_architectures() -> list[str]:
     return sorted({arch for fam in FAMILIES for arch in fam.architectures})
+
+
+def family_for_gguf(arch: str, name: str) -> type[Family] | None:
+    """The family of a GGUF made by another tool, recognized by architecture and name."""
+    for fam in FAMILIES:
+        if fam.recognizes_gguf(arch, name):
+            return fam
+    return None
 
 
 def family_for(config: dict, model_dir: Path) -> Family:

@@ -40,6 +40,11 @@ class Family:
         """Whether this family takes a checkpoint of one of its architectures."""
         return True
 
+    @classmethod
+    def recognizes_gguf(cls, arch: str, name: str) -> bool:
+        """Whether a GGUF made by another tool (no kiln.family) is of this family."""
+        return False
+
     # -- what a family defines -----------------------------------------------------------
     def n_vocab(self) -> int:
         return int(self.cfg("vocab_size"))
@@ -92,9 +97,18 @@ class Family:
                 out[ours] = float(gen[hf])
         return out
 
+    @classmethod
+    def for_gguf(cls) -> "Family":
+        """An instance without a checkpoint, for the chat knowledge of a foreign GGUF."""
+        fam = cls({}, Path("."))
+        fam.from_checkpoint = False
+        return fam
+
+    from_checkpoint = True
+
     def generation_config(self) -> dict:
         path = self.model_dir / "generation_config.json"
-        if not path.is_file():
+        if not self.from_checkpoint or not path.is_file():
             return {}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -102,9 +116,16 @@ class Family:
             raise KilnError(path, f"not valid JSON ({exc})") from None
         return data if isinstance(data, dict) else {}
 
+    def exact_tokenizer(self) -> str | None:
+        """'huggingface' when llama.cpp's native tokenizer is known to differ from the model's:
+        the runtime then tokenizes with the embedded tokenizer.json."""
+        return None
+
     def kiln_metadata(self, vocab: Vocab) -> dict[str, Any]:
         """kiln.* keys: everything the runtime needs to chat with this model correctly."""
         meta: dict[str, Any] = {"kiln.family": self.name}
+        if (exact := self.exact_tokenizer()) and vocab.hf_json:
+            meta["kiln.tokenizer"] = exact
         if eos := self.eos_ids(vocab):
             meta["kiln.eos_token_ids"] = eos
         if stops := self.stop_strings():

@@ -1,0 +1,62 @@
+"""llm-jp-3 / 3.1 (LLM-jp, NII): Llama (dense) or Mixtral (8x13b) with a Unigram tokenizer.
+
+Numerics are plain Llama. What is ours to get right: the instruct prompt format, the BOS the
+template already emits, card sampling defaults, and exact tokenization (llama.cpp's native
+tokenizer has no Unigram-with-byte-fallback, so kiln marks the GGUF for the exact HF path).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..vocab import Vocab
+from .llama import LlamaFamily
+
+SYSTEM = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
+
+# The llm-jp-3 instruct template (see shared/families.md): used only when the checkpoint has
+# none of its own. A system message is replaced by the fixed sentence, as the original does.
+INSTRUCT_TEMPLATE = (
+    "{{bos_token}}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'system' %}{{ '" + SYSTEM + "' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:\\n' + message['content'] + eos_token }}"
+    "{% endif %}{% if loop.last and add_generation_prompt %}{{ '\\n\\n### 応答:\\n' }}{% endif %}"
+    "{% endfor %}")
+
+
+def _mentions_llmjp(model_dir: Path, config: dict) -> bool:
+    if "llm-jp" in str(config.get("_name_or_path", "")).lower():
+        return True
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = model_dir / name
+        if path.is_file() and "LLM-jp" in path.read_text(encoding="utf-8", errors="replace"):
+            return True
+    return False
+
+
+class LlmJpFamily(LlamaFamily):
+    name = "llm-jp"
+    architectures = ("LlamaForCausalLM", "MixtralForCausalLM")
+
+    @classmethod
+    def claims(cls, config: dict, model_dir: Path) -> bool:
+        return _mentions_llmjp(model_dir, config)
+
+    @classmethod
+    def recognizes_gguf(cls, arch: str, name: str) -> bool:
+        return arch == "llama" and "llm-jp" in name.lower()
+
+    def chat_template(self, vocab: Vocab | None) -> str:
+        own = vocab.chat_template if vocab is not None else None
+        return own or INSTRUCT_TEMPLATE
+
+    def stop_strings(self) -> list[str]:
+        return ["\n\n### 指示:"]
+
+    def sampling_defaults(self) -> dict[str, float]:
+        card = {"temperature": 0.7, "top_p": 0.95, "repeat_penalty": 1.05}
+        return {**card, **super().sampling_defaults()}
+
+    def exact_tokenizer(self) -> str | None:
+        # llama.cpp merges greedily where the model's Unigram runs Viterbi with byte fallback.
+        return "huggingface"
