@@ -96,6 +96,7 @@ class ChatModel:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self.last_stats = Stats()
+        self.last_prompt = ""  # the prompt text of the last answer, after any trimming
 
     # -- public API ----------------------------------------------------------------------
     def chat(self, messages: Sequence[Message], *, stream: bool = False,
@@ -179,6 +180,7 @@ class ChatModel:
             stats = self.last_stats = Stats()
             reserve = min(sp.max_tokens, self.n_ctx // 2)
             ids, stats.trimmed_turns = self._fit(messages, reserve)
+            self.last_prompt = self.prompt.render(messages)
             if stats.trimmed_turns:
                 log.info("dropped the %d oldest turns to fit the context", stats.trimmed_turns)
             stats.prompt_tokens = len(ids)

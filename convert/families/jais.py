@@ -369,7 +369,18 @@ class JaisFamily(Family):
         files = [self.model_dir / f for f in ("vocab.json", "merges.txt")]
         if (self.model_dir / "tokenizer.json").is_file() or not all(f.is_file() for f in files):
             return load_vocab(self.model_dir, self.config, self.n_vocab())
-        tokenizer_json = _gpt2_tokenizer_json(*files)
+        specials: set[str] = set()
+        for side in ("tokenizer_config.json", "special_tokens_map.json"):
+            path = self.model_dir / side
+            try:
+                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise KilnError(path, f"cannot read ({exc})") from None
+            for key, value in (data.items() if isinstance(data, dict) else ()):
+                value = value.get("content") if isinstance(value, dict) else value
+                if key.endswith("_token") and isinstance(value, str) and value:
+                    specials.add(value)
+        tokenizer_json = _gpt2_tokenizer_json(*files, specials)
         with tempfile.TemporaryDirectory(prefix="kiln-jais-") as tmp:
             for side in ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                          "chat_template.jinja", "chat_template.json"):
@@ -396,8 +407,10 @@ class JaisFamily(Family):
         return {**_CARD_SAMPLING, **super().sampling_defaults()}
 
 
-def _gpt2_tokenizer_json(vocab_path: Path, merges_path: Path) -> dict:
-    """A tokenizer.json equivalent to a GPT-2 slow tokenizer's vocab.json + merges.txt."""
+def _gpt2_tokenizer_json(vocab_path: Path, merges_path: Path, specials: set[str]) -> dict:
+    """A tokenizer.json equivalent to a GPT-2 slow tokenizer's vocab.json + merges.txt, with the
+    special tokens (bos/eos/unk/pad strings) marked as special added tokens, as the fast
+    tokenizer does."""
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
         lines = merges_path.read_text(encoding="utf-8").splitlines()
@@ -406,10 +419,13 @@ def _gpt2_tokenizer_json(vocab_path: Path, merges_path: Path) -> dict:
     if not isinstance(vocab, dict):
         raise KilnError(vocab_path, "expected an object of token -> id")
     merges = [ln for ln in lines if ln and not ln.startswith("#version")]
+    added = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True}
+             for t in sorted(specials) if isinstance(vocab.get(t), int)]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                   "use_regex": True}
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
         "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level,
         "decoder": byte_level,
         "model": {"type": "BPE", "dropout": None, "unk_token": None,

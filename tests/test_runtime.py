@@ -1,0 +1,237 @@
+"""The chat engine end to end on scripted models converted by kiln and run by llama.cpp."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("sentencepiece")
+
+import bigram  # noqa: E402
+from convert.cli import run_cli  # noqa: E402
+from convert.families.llama import LlamaFamily  # noqa: E402
+from hf_models import make_spm_tokenizer  # noqa: E402
+from runtime.cli import cli  # noqa: E402
+from runtime.engine import ChatModel  # noqa: E402
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} | "
+            "{% endfor %}assistant:")
+STOPS = ["USER:"]
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    import sentencepiece as spm
+
+    d = tmp_path_factory.mktemp("tok")
+    make_spm_tokenizer(d)
+    return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory, sp):
+    """A GGUF whose answers are scripted: after the prompt's last token it says ANSWER."""
+    start = sp.encode("x assistant:")[-1]
+    answer = bigram.text_chain(sp, "Sky blue")
+    return _convert(tmp_path_factory.mktemp("scripted"), [[start] + answer],
+                    banned=[]), start, answer
+
+
+def _convert(d: Path, chains, banned, cycle=None) -> Path:
+    bigram.build(d / "ckpt", chains, cycle=cycle)
+    out = d / "model.gguf"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(LlamaFamily, "chat_template", lambda self, vocab: TEMPLATE)
+    mp.setattr(LlamaFamily, "stop_strings", lambda self: STOPS)
+    mp.setattr(LlamaFamily, "banned_ids", lambda self: banned)
+    mp.setattr(LlamaFamily, "sampling_defaults", lambda self: {"temperature": 0.0})
+    try:
+        run_cli(cli, ["convert", str(d / "ckpt"), "-o", str(out), "--quant", "f32", "--quiet"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    finally:
+        mp.undo()
+    return out
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_answer_follows_script_and_stops_at_eos(scripted):
+    path, start, answer = scripted
+    with ChatModel(path, n_ctx=256) as model:
+        ids = model.prompt.encode(user("what colour is the sky"))
+        assert ids[0] == model.meta.bos_id and ids[-1] == start
+        pieces = list(model.chat(user("what colour is the sky"), stream=True))
+        assert "".join(pieces) == "Sky blue"
+        assert len(pieces) > 1  # streamed, not all at once
+        assert model.last_stats.finish_reason == "stop"
+        assert model.last_stats.generated_tokens == len(answer)
+
+
+def test_metadata_drives_runtime(scripted):
+    path, _, _ = scripted
+    with ChatModel(path, n_ctx=256) as model:
+        assert model.meta.stop_strings == STOPS
+        assert model.meta.sampling == {"temperature": 0.0}
+        assert model.meta.family == "llama"
+
+
+def test_stop_string_is_never_shown(tmp_path, sp):
+    start = sp.encode("x assistant:")[-1]
+    path = _convert(tmp_path, [[start] + bigram.text_chain(sp, "ok USER:")], banned=[])
+    with ChatModel(path, n_ctx=256) as model:
+        pieces = list(model.chat(user("hi"), stream=True))
+        assert "".join(pieces) == "ok "
+        assert not any("U" in p for p in pieces)
+        assert model.last_stats.finish_reason == "stop"
+
+
+def test_banned_token_is_never_sampled(tmp_path, sp):
+    start = sp.encode("x assistant:")[-1]
+    banned_tok = bigram.byte_id(sp, ord("Z"))
+    chains = [[start, banned_tok] + bigram.text_chain(sp, "no")]
+    free = _convert(tmp_path / "free", chains, banned=[])
+    ban = _convert(tmp_path / "ban", chains, banned=[banned_tok])
+    with ChatModel(free, n_ctx=256) as model:
+        assert model.chat(user("hi")) == "Zno"  # the script says Z first
+    with ChatModel(ban, n_ctx=256) as model:
+        assert model.meta.banned_ids == [banned_tok]
+        assert "Z" not in model.chat(user("hi"))
+
+
+def test_multibyte_stream_has_no_replacement_chars(tmp_path, sp):
+    start = sp.encode("x assistant:")[-1]
+    path = _convert(tmp_path, [[start] + bigram.text_chain(sp, "é日")], banned=[])
+    with ChatModel(path, n_ctx=256) as model:
+        pieces = list(model.chat(user("hi"), stream=True))
+        assert "".join(pieces) == "é日"
+        assert all("\ufffd" not in p for p in pieces)
+
+
+def test_kv_cache_reused_across_turns(scripted):
+    path, _, _ = scripted
+    with ChatModel(path, n_ctx=256) as model:
+        evaluated = []
+        real_eval = model.llm.eval
+
+        def counting_eval(tokens):
+            evaluated.append(len(tokens))
+            return real_eval(tokens)
+
+        model.llm.eval = counting_eval
+        history = user("first question about the weather today")
+        history.append({"role": "assistant", "content": model.chat(history)})
+        first_prompt = model.last_stats.prompt_tokens
+        evaluated.clear()
+        history += user("and tomorrow")
+        model.chat(history)
+        second = model.last_stats
+        prompt_evals = evaluated[0]  # the first eval call is the prompt suffix
+        assert second.prompt_tokens > first_prompt
+        assert prompt_evals == second.evaluated_tokens
+        new_tokens = second.prompt_tokens - first_prompt
+        assert prompt_evals <= new_tokens + 12, (prompt_evals, new_tokens)
+        assert prompt_evals < second.prompt_tokens / 2
+
+
+def test_history_trimmed_to_fit_context(scripted):
+    path, _, _ = scripted
+    with ChatModel(path, n_ctx=96) as model:
+        msgs = [{"role": "system", "content": "keep this system text"}]
+        for i in range(8):
+            msgs += [{"role": "user", "content": f"question number {i} about things"},
+                     {"role": "assistant", "content": f"answer number {i}"}]
+        msgs += user("the current question")
+        answer = model.chat(msgs, max_tokens=16)
+        stats = model.last_stats
+        assert answer == "Sky blue"
+        assert stats.trimmed_turns >= 2
+        assert stats.prompt_tokens + 16 <= 96
+        assert "keep this system text" in model.last_prompt
+        assert "the current question" in model.last_prompt
+        assert "question number 0" not in model.last_prompt
+
+
+def test_cancel_stops_generation(tmp_path, sp):
+    start = sp.encode("x assistant:")[-1]
+    loop = [start] + bigram.text_chain(sp, "abc")  # start -> a -> b -> c -> start -> ...
+    path = _convert(tmp_path, [], banned=[], cycle=loop)
+    with ChatModel(path, n_ctx=256) as model:
+        got = []
+        for piece in model.chat(user("go"), stream=True, max_tokens=200):
+            got.append(piece)
+            if len(got) == 3:
+                model.cancel()
+        assert model.last_stats.finish_reason == "cancelled"
+        assert len(got) <= 4
+        # the model is usable again afterwards
+        assert model.chat(user("go"), max_tokens=5).startswith("abc")
+        assert model.last_stats.generated_tokens == 5
+        assert model.last_stats.finish_reason == "length"
+
+
+def test_one_generation_at_a_time(scripted):
+    path, _, _ = scripted
+    with ChatModel(path, n_ctx=256) as model:
+        results, errors = [], []
+
+        def ask(q):
+            try:
+                results.append(model.chat(user(q)))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(f"question {i}",)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert results == ["Sky blue"] * 3
+
+
+def test_injected_special_tokens_stay_text(scripted):
+    path, _, _ = scripted
+    with ChatModel(path, n_ctx=256) as model:
+        eos, bos = model.meta.eos_id, model.meta.bos_id
+        ids = model.prompt.encode(user("before </s> <s> after <0x0A>"))
+        assert ids.count(bos) == 1 and ids[0] == bos  # only the template's own BOS
+        assert eos not in ids
+        assert model.chat(user("before </s> after")) == "Sky blue"
+
+
+def test_kiln_run_json_and_stdin(scripted):
+    path, _, _ = scripted
+    out = subprocess.run([sys.executable, "-m", "runtime", "run", str(path), "--json",
+                          "--max-tokens", "20"], input="what colour", capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["text"] == "Sky blue" and data["finish_reason"] == "stop"
+    plain = subprocess.run([sys.executable, "-m", "runtime", "run", str(path), "hello"],
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and plain.stdout == "Sky blue\n"
+
+
+def test_kiln_run_missing_model(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "runtime", "run", str(tmp_path / "x.gguf"), "hi"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "x.gguf" in out.stderr.strip().splitlines()[-1]
+
+
+def test_doctor_reports_backend():
+    out = subprocess.run([sys.executable, "-m", "runtime", "doctor", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["default_threads"] >= 1
+    assert isinstance(info["gpu_offload"], bool)
+    assert "CPU" in info["system_info"]
