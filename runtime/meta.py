@@ -84,7 +84,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
         eos_ids=list(get("kiln.eos_token_ids", [eos] if eos is not None else [])),
         stop_strings=list(get("kiln.stop_strings", [])),
         banned_ids=list(get("kiln.banned_token_ids", [])),
-        sampling={k[len("kiln.sampling."):]: float(_value(f)) for k, f in fields.items()
+        sampling={k[len("kiln.sampling."):]: round(float(_value(f)), 6) for k, f in fields.items()
                   if k.startswith("kiln.sampling.")},
         context_length=int(get(f"{arch}.context_length", 2048)),
         tokenizer=get("kiln.tokenizer", "native"),

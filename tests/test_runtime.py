@@ -235,3 +235,37 @@ def test_doctor_reports_backend():
     assert info["default_threads"] >= 1
     assert isinstance(info["gpu_offload"], bool)
     assert "CPU" in info["system_info"]
+
+
+def test_chat_repl_under_a_terminal(tmp_path, sp):
+    """Type, read the streamed answer, /reset, Ctrl-C mid-answer keeps the session, /exit."""
+    pexpect = pytest.importorskip("pexpect")
+    start = sp.encode("x assistant:")[-1]
+    loop = [start] + bigram.text_chain(sp, "abc")
+    endless = _convert(tmp_path / "loop", [], banned=[], cycle=loop)
+    child = pexpect.spawn(sys.executable, ["-m", "runtime", "chat", str(endless),
+                                           "--max-tokens", "1000000", "--ctx", "256"],
+                          encoding="utf-8", timeout=60)
+    try:
+        child.expect(r"/help for commands")
+        child.expect(">>> ")
+        child.sendline("/help")
+        child.expect("/reset")
+        child.expect(">>> ")
+        child.sendline("hello")
+        child.expect("abc")  # streaming has started
+        child.sendintr()      # Ctrl-C mid-answer
+        child.expect(r"\(stopped\)")
+        child.expect(">>> ")  # the session is still alive
+        child.sendline("/save " + str(tmp_path / "conv.json"))
+        child.expect("saved 2 messages")
+        child.sendline("/reset")
+        child.expect("conversation cleared")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    saved = json.loads((tmp_path / "conv.json").read_text())
+    assert saved[0] == {"role": "user", "content": "hello"}
+    assert saved[1]["role"] == "assistant" and saved[1]["content"].startswith("abc")
