@@ -25,6 +25,33 @@ from .prompt import HFTokenizer, Message, NativeTokenizer, PromptBuilder
 log = logging.getLogger(__name__)
 
 DEFAULT_CTX = 4096
+_llama_log = logging.getLogger("llama.cpp")
+_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_log_state = {"verbose": False, "level": logging.DEBUG, "callback": None}
+
+
+def _route_llama_log(verbose: bool) -> None:
+    """llama.cpp's own log goes to the `llama.cpp` logger; to stderr only when asked for."""
+    import sys
+
+    import llama_cpp
+
+    _log_state["verbose"] = verbose
+    if _log_state["callback"] is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level, text, _user_data):
+        if level != 5:  # 5 continues the previous message
+            _log_state["level"] = _LEVELS.get(level, logging.DEBUG)
+        message = text.decode("utf-8", "replace")
+        if _log_state["verbose"]:
+            sys.stderr.write(message)
+        elif message.strip():
+            _llama_log.log(_log_state["level"], message.rstrip())
+
+    _log_state["callback"] = callback  # keep a reference: C holds only the pointer
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 @dataclass
@@ -77,6 +104,7 @@ class ChatModel:
                  verbose: bool = False):
         from llama_cpp import Llama
 
+        _route_llama_log(verbose)
         self.meta: ModelMeta = read_meta(model_path)
         self.n_ctx = self._context_size(n_ctx)
         self.gpu_layers = choose_gpu_layers(device, gpu_layers)

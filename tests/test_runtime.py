@@ -269,3 +269,14 @@ def test_chat_repl_under_a_terminal(tmp_path, sp):
     saved = json.loads((tmp_path / "conv.json").read_text())
     assert saved[0] == {"role": "user", "content": "hello"}
     assert saved[1]["role"] == "assistant" and saved[1]["content"].startswith("abc")
+
+
+def test_library_prints_nothing(scripted, capfd):
+    """Desktop apps embed the API: neither kiln nor llama.cpp may write to stdout/stderr."""
+    from runtime import ChatModel as Public
+
+    path, _, _ = scripted
+    with Public(path, n_ctx=512) as model:  # n_ctx above training length: llama.cpp warns
+        assert model.chat(user("hi")) == "Sky blue"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

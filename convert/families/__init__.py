@@ -4,15 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import KilnError
+from .alaya import AlayaFamily, MptFamily
 from .base import Family
 from .jais import JaisFamily
 from .llama import LlamaFamily
 from .llmjp import LlmJpFamily
 from .rakuten import RakutenFamily
+from .xverse import XverseFamily
 
 # Most specific first: a family that claims an architecture by a closer look at the
 # checkpoint (tokenizer, name) must come before the generic module for that architecture.
-FAMILIES: list[type[Family]] = [LlmJpFamily, RakutenFamily, LlamaFamily, JaisFamily]
+FAMILIES: list[type[Family]] = [LlmJpFamily, RakutenFamily, LlamaFamily, JaisFamily,
+                                XverseFamily, AlayaFamily, MptFamily]
 
 
 def supported_architectures() -> list[str]:

@@ -1,0 +1,370 @@
+"""MPT checkpoints (MosaicML llm-foundry, GGUF arch `mpt`), and Alaya-7B (DataCanvas) on top.
+
+`MptFamily` reads every MPT field from config.json instead of assuming MPT-7B, and refuses what
+llama.cpp's `mpt` graph cannot run. Facts it relies on (llama.cpp src/models/mpt.cpp, the copy
+llama-cpp-python 0.3.36 vendors; llm-foundry / HF remote-code modeling_mpt.py):
+
+* graph: x = wte[ids] (+ position_embd[pos] when that tensor exists); per block
+  x += out_proj(attn(LN_1(x))), x += down(GELU(up(LN_2(x)))); LN_f; logits = output @ x.
+  LayerNorm (bias optional everywhere), fused Wqkv [q | k | v] with optional bias, optional clamp
+  of the fused qkv (`clamp_kqv`), optional LayerNorm over the whole q and k vectors (qk_ln; the k
+  norm has n_embd entries, so only with as many kv heads as heads), softmax scale fixed at
+  1/sqrt(head_dim), ALiBi when `max_alibi_bias` > 0 (same slopes as llm-foundry's gen_slopes,
+  also for head counts that are not powers of two), GQA by repeating kv heads as
+  repeat_interleave does, no RoPE, no gated FFN, GELU only (llama.cpp's GELU is the tanh form
+  through an fp16 table, llm-foundry's is exact erf: a small, measured difference).
+* llama.cpp's own converter hard-codes feed_forward_length = 4 * d_model and eps 1e-5, writes
+  head_count_kv from attn_config.kv_n_heads even for multihead attention (llm-foundry's default
+  kv_n_heads is 1), ignores logit_scale and, for a tokenizer it does not recognize, falls back to
+  SEA-LION's special ids (eos = 1). kiln does none of that.
+* logits are scaled by `logit_scale` (a number or 'inv_sqrt_d_model' = 1/sqrt(d_model)) after the
+  tied projection; llama.cpp has no such key, so the scale is baked into an explicit
+  `output.weight` = wte * logit_scale.
+* learned position embeddings: every llm-foundry version creates `transformer.wpe` only when it
+  adds it in forward (old MPT-7B code: only without ALiBi; newer code and Alaya's fork: whenever
+  learned_pos_emb, with or without ALiBi). So a stored wpe is always used, and llama.cpp adds
+  both it and ALiBi, as the newer code does; MPT-7B (learned_pos_emb + alibi) stores none.
+* embedding_fraction only scales the embedding's gradient (x*f + x.detach()*(1-f) == x in the
+  forward pass): accepted whatever its value. Dropouts, attn_impl, init_config: inference no-ops.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import Checkpoint
+from ..errors import KilnError
+from ..tensors import OutTensor
+from ..vocab import Vocab
+from .base import Family
+
+log = logging.getLogger(__name__)
+
+# Norm types that compute a LayerNorm (low precision only changes the autocast dtype).
+_LAYERNORMS = ("layernorm", "low_precision_layernorm")
+_ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
+_PLAIN_FFN = ("mptmlp",)
+
+
+class MptFamily(Family):
+    """Any MPT checkpoint llama.cpp can run; chat knowledge from the checkpoint's own files."""
+
+    name = "mpt"
+    architectures = ("MPTForCausalLM", "MptForCausalLM")
+    gguf_arch = "mpt"
+
+    # -- config --------------------------------------------------------------------------
+    @property
+    def attn(self) -> dict:
+        attn = self.config.get("attn_config") or {}
+        if not isinstance(attn, dict):
+            raise KilnError(self.config_path, "attn_config is not an object")
+        return attn
+
+    @property
+    def ffn(self) -> dict:
+        ffn = self.config.get("ffn_config") or {}
+        if not isinstance(ffn, dict):
+            raise KilnError(self.config_path, "ffn_config is not an object")
+        return ffn
+
+    @property
+    def n_embd(self) -> int:
+        return int(self.cfg("d_model"))
+
+    @property
+    def n_head(self) -> int:
+        return int(self.cfg("n_heads"))
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.cfg("n_layers"))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_head_kv(self) -> int:
+        kind = self.attn.get("attn_type", "multihead_attention")
+        if kind == "multiquery_attention":
+            return 1
+        if kind == "grouped_query_attention":
+            return int(self.attn.get("kv_n_heads", 1))
+        return self.n_head        # multihead: llm-foundry ignores kv_n_heads (default 1)
+
+    @property
+    def n_ff(self) -> int:
+        size = self.ffn.get("ffn_hidden_size")
+        if size is not None:
+            return int(size)
+        ratio = float(self.cfg("expansion_ratio", default=4))
+        n_ff = self.n_embd * ratio
+        if n_ff != int(n_ff):
+            raise KilnError(self.config_path, f"d_model * expansion_ratio = {n_ff} is not an "
+                            "integer")
+        return int(n_ff)
+
+    @property
+    def alibi(self) -> bool:
+        if "alibi" not in self.attn:
+            # transformers defaults it to true, llm-foundry and the MPT-7B code to false.
+            raise KilnError(self.config_path, "attn_config.alibi is not set, and MPT code "
+                            "versions disagree on its default; add it (true or false)")
+        return bool(self.attn["alibi"])
+
+    def norm_eps(self) -> float:
+        return float(self.cfg("layer_norm_epsilon", "norm_eps", default=1e-5))
+
+    def logit_scale(self) -> float | None:
+        scale = self.config.get("logit_scale")
+        if scale is None:
+            return None
+        if isinstance(scale, str):
+            if scale == "inv_sqrt_d_model":
+                return 1.0 / math.sqrt(self.n_embd)
+            raise KilnError(self.config_path, f"logit_scale '{scale}' is not recognized "
+                            "(a number or 'inv_sqrt_d_model')")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise KilnError(self.config_path, f"logit_scale {scale!r} is not a number")
+        return float(scale)
+
+    def n_vocab(self) -> int:
+        return int(self.cfg("vocab_size"))
+
+    def context_length(self) -> int:
+        return int(self.cfg("max_seq_len"))
+
+    def check_config(self) -> None:
+        """Refuse every MPT variant llama.cpp's mpt graph would run differently."""
+        attn, ffn, path = self.attn, self.ffn, self.config_path
+
+        def refuse(problem: str) -> None:
+            raise KilnError(path, problem + "; llama.cpp's mpt graph cannot run it, so kiln "
+                            "does not convert it")
+
+        if attn.get("prefix_lm"):
+            refuse("attn_config.prefix_lm=true (bidirectional attention over the prefix)")
+        if attn.get("attn_uses_sequence_id"):
+            refuse("attn_config.attn_uses_sequence_id=true (attention restricted per packed "
+                   "sequence)")
+        kind = attn.get("attn_type", "multihead_attention")
+        if kind not in _ATTN_TYPES:
+            refuse(f"attn_config.attn_type '{kind}' (supported: {', '.join(_ATTN_TYPES)})")
+        if self.n_embd % self.n_head:
+            raise KilnError(path, f"d_model {self.n_embd} is not a multiple of n_heads "
+                            f"{self.n_head}")
+        n_kv = self.n_head_kv
+        if n_kv < 1 or self.n_head % n_kv:
+            raise KilnError(path, f"attn_config.kv_n_heads {n_kv} does not divide n_heads "
+                            f"{self.n_head}")
+        if attn.get("fused_qkv") is False:
+            refuse("attn_config.fused_qkv=false (separate Wq/Wk/Wv; the graph needs one fused "
+                   "matrix)")
+        scale = attn.get("softmax_scale")
+        if scale is not None and not math.isclose(float(scale), 1 / math.sqrt(self.head_dim),
+                                                  rel_tol=1e-6):
+            refuse(f"attn_config.softmax_scale={scale} (the graph uses 1/sqrt(head_dim) = "
+                   f"{1 / math.sqrt(self.head_dim):.6g})")
+        if attn.get("qk_ln") and n_kv != self.n_head:
+            refuse(f"attn_config.qk_ln with {n_kv} kv heads (the graph's k norm has d_model "
+                   "entries, llm-foundry's kv_n_heads * head_dim)")
+        if attn.get("qk_gn"):
+            refuse("attn_config.qk_gn=true (per-head q/k norms)")
+        if attn.get("rope"):
+            refuse("attn_config.rope=true (the graph has no RoPE for mpt)")
+        window = attn.get("sliding_window_size")
+        if window is not None and int(window) != -1:
+            refuse(f"attn_config.sliding_window_size={window}")
+        if attn.get("attn_logit_softcapping") is not None:
+            refuse("attn_config.attn_logit_softcapping is set")
+        if self.config.get("final_logit_softcapping") is not None:
+            refuse("final_logit_softcapping is set")
+        if self.config.get("block_overrides"):
+            refuse("block_overrides (layers that differ from each other)")
+        norm = str(self.config.get("norm_type", "low_precision_layernorm")).lower()
+        if norm not in _LAYERNORMS:
+            refuse(f"norm_type '{norm}' (the graph uses LayerNorm; supported: "
+                   f"{', '.join(_LAYERNORMS)})")
+        ffn_type = ffn.get("ffn_type", "mptmlp")
+        if ffn_type not in _PLAIN_FFN:
+            refuse(f"ffn_config.ffn_type '{ffn_type}' (the graph has the plain up -> GELU -> "
+                   "down MLP only)")
+        act = ffn.get("ffn_act_fn")
+        if act is not None:
+            act_name = act.get("name") if isinstance(act, dict) else act
+            if act_name != "gelu":
+                refuse(f"ffn_config.ffn_act_fn {act!r} (the graph uses GELU)")
+        self.alibi  # noqa: B018  (raises when unset)
+        self.logit_scale()
+
+    def hparams(self) -> dict[str, Any]:
+        self.check_config()
+        k = self.key
+        hp: dict[str, Any] = {
+            k("context_length"): self.context_length(),
+            k("embedding_length"): self.n_embd,
+            k("block_count"): self.n_layer,
+            k("feed_forward_length"): self.n_ff,
+            k("attention.head_count"): self.n_head,
+            k("attention.head_count_kv"): self.n_head_kv,
+            k("attention.layer_norm_epsilon"): self.norm_eps(),
+            k("attention.max_alibi_bias"): (float(self.attn.get("alibi_bias_max", 8))
+                                            if self.alibi else 0.0),
+            k("vocab_size"): self.n_vocab(),
+        }
+        clip = self.attn.get("clip_qkv")
+        if clip:   # llm-foundry clamps only when truthy
+            hp[k("attention.clamp_kqv")] = float(clip)
+        return hp
+
+    # -- tensors -------------------------------------------------------------------------
+    def tensors(self, ckpt: Checkpoint) -> list[OutTensor]:
+        self.check_config()
+        d, v, ff = self.n_embd, self.n_vocab(), self.n_ff
+        n_qkv = d + 2 * self.n_head_kv * self.head_dim
+        no_bias = self.config.get("no_bias")          # None: use the biases that are stored
+        out: list[OutTensor] = []
+        used: set[str] = set()
+
+        def add(gguf_name: str, hf_name: str, shape: tuple[int, ...], **kw) -> None:
+            out.append(OutTensor(gguf_name, shape, self.stored(ckpt, hf_name, shape, **kw),
+                                 keep_f32=len(shape) == 1))
+            used.add(hf_name)
+
+        def add_bias(gguf_name: str, hf_name: str, shape: tuple[int, ...], linear: bool) -> None:
+            if no_bias is True:
+                return                                # a stored one is refused as a leftover
+            if hf_name in ckpt.tensors or (linear and no_bias is False):
+                add(gguf_name, hf_name, shape)
+
+        def norm(gguf: str, hf: str, size: int) -> None:
+            add(gguf + ".weight", hf + ".weight", (size,))
+            add_bias(gguf + ".bias", hf + ".bias", (size,), linear=False)
+
+        def linear(gguf: str, hf: str, shape: tuple[int, int]) -> None:
+            add(gguf + ".weight", hf + ".weight", shape)
+            add_bias(gguf + ".bias", hf + ".bias", (shape[0],), linear=True)
+
+        add("token_embd.weight", "transformer.wte.weight", (v, d))
+        if "transformer.wpe.weight" in ckpt.tensors:
+            if not self.cfg("learned_pos_emb", default=True):
+                raise KilnError(self.config_path, "learned_pos_emb=false, but the checkpoint "
+                                "stores transformer.wpe.weight")
+            add("position_embd.weight", "transformer.wpe.weight", (self.context_length(), d))
+        elif not self.alibi and self.cfg("learned_pos_emb", default=True):
+            raise KilnError(self.model_dir, "tensor 'transformer.wpe.weight' is missing (no "
+                            "ALiBi and learned_pos_emb=true)")
+        for i in range(self.n_layer):
+            hf, blk = f"transformer.blocks.{i}.", f"blk.{i}."
+            norm(blk + "attn_norm", hf + "norm_1", d)
+            linear(blk + "attn_qkv", hf + "attn.Wqkv", (n_qkv, d))
+            if self.attn.get("qk_ln"):
+                norm(blk + "attn_q_norm", hf + "attn.q_ln", d)
+                norm(blk + "attn_k_norm", hf + "attn.k_ln", self.n_head_kv * self.head_dim)
+            linear(blk + "attn_output", hf + "attn.out_proj", (d, d))
+            norm(blk + "ffn_norm", hf + "norm_2", d)
+            linear(blk + "ffn_up", hf + "ffn.up_proj", (ff, d))
+            linear(blk + "ffn_down", hf + "ffn.down_proj", (d, ff))
+        norm("output_norm", "transformer.norm_f", d)
+
+        scale = self.logit_scale()
+        if "lm_head.weight" in ckpt.tensors:
+            add("output.weight", "lm_head.weight", (v, d), scale=scale)
+        elif self.cfg("tie_word_embeddings", default=True) is False:
+            raise KilnError(self.model_dir, "tensor 'lm_head.weight' is missing and config.json "
+                            "does not tie it to the embeddings")
+        elif scale is not None:
+            # llama.cpp ignores logit_scale: bake it into an explicit output projection.
+            out.append(OutTensor("output.weight", (v, d), self.stored(
+                ckpt, "transformer.wte.weight", (v, d), scale=scale)))
+        self.refuse_leftovers(ckpt, used)
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# Alaya-7B-Chat / -Base (DataCanvas): MPT numerics, its own prompt and token rules.
+# ------------------------------------------------------------------------------------------
+
+ALAYA_EOS = 2          # '</s>'; api.py passes eos_token_id=2 (and pad = eos) to generate
+ALAYA_BANNED = 3       # api.py: bad_words_ids=[[3]]
+ALAYA_VOCAB = 60160    # README: vocabulary of 60160 (padded embedding)
+
+# Training format (sft.py): '### Instruction:\t\n{instruction}\n\n### Output:\t\n{output} </s>'.
+# The official api.py ends the prompt at '\n\n' and strips the '### Output:\t\n' the model then
+# writes; kiln appends that header as the generation prompt instead (the same tokens the model
+# was trained on, and nothing to strip). There is no system role: a system message is put at
+# the top of the first instruction, '{system}\n\n{user}', so the prompt keeps the only layout
+# the model was trained on (several system messages are joined with '\n\n').
+ALAYA_TEMPLATE = (
+    "{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.system = ns.system + m['content'] + '\\n\\n' %}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '### Instruction:\\t\\n' + ns.system + m['content'] + '\\n\\n' }}"
+    "{% set ns.system = '' %}"
+    "{% elif m['role'] == 'assistant' %}{{ '### Output:\\t\\n' + m['content'] + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Output:\\t\\n' }}{% endif %}")
+
+ALAYA_SAMPLING = {"temperature": 1.0, "top_p": 0.9, "repeat_penalty": 1.0}   # api.py
+
+
+def _mentions_alaya(model_dir: Path, config: dict) -> bool:
+    names = [str(config.get("_name_or_path", "")), Path(model_dir).resolve().name]
+    if any("alaya" in n.lower() for n in names):
+        return True
+    for fname in ("tokenizer_config.json", "special_tokens_map.json", "README.md"):
+        path = Path(model_dir) / fname
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")[:200_000]
+            if "Alaya" in text or "DataCanvas" in text:
+                return True
+    return False
+
+
+class AlayaFamily(MptFamily):
+    name = "alaya"
+
+    @classmethod
+    def claims(cls, config: dict, model_dir: Path) -> bool:
+        return config.get("vocab_size") == ALAYA_VOCAB or _mentions_alaya(model_dir, config)
+
+    @classmethod
+    def recognizes_gguf(cls, arch: str, name: str) -> bool:
+        return arch == "mpt" and "alaya" in name.lower()
+
+    def vocab(self) -> Vocab:
+        vocab = super().vocab()
+        if len(vocab.tokens) <= ALAYA_BANNED:
+            raise KilnError(self.model_dir, f"the vocabulary has {len(vocab.tokens)} tokens; "
+                            "Alaya's eos is id 2 and id 3 is banned")
+        eos = vocab.special.get("eos")
+        if eos != ALAYA_EOS:
+            if eos is not None:
+                log.warning("%s: the tokenizer files say eos is id %d (%r); Alaya's api.py "
+                            "generates with eos_token_id=2 (%r), which kiln uses", self.model_dir,
+                            eos, vocab.tokens[eos], vocab.tokens[ALAYA_EOS])
+            vocab.special["eos"] = ALAYA_EOS
+        vocab.special.setdefault("pad", ALAYA_EOS)
+        if vocab.add_bos is None:
+            vocab.add_bos = False     # api.py and sft.py never put a BOS in front
+        return vocab
+
+    def chat_template(self, vocab: Vocab | None) -> str:
+        return ALAYA_TEMPLATE
+
+    def eos_ids(self, vocab: Vocab) -> list[int]:
+        ids = super().eos_ids(vocab)
+        return [ALAYA_EOS] + [i for i in ids if i != ALAYA_EOS]
+
+    def stop_strings(self) -> list[str]:
+        return ["### Instruction"]
+
+    def banned_ids(self) -> list[int]:
+        return [ALAYA_BANNED]
+
+    def sampling_defaults(self) -> dict[str, float]:
+        return {**ALAYA_SAMPLING, **super().sampling_defaults()}
