@@ -1,27 +1,27 @@
 """Output tensor types: float conversions and ggml's reference block quantizers, in numpy.
 
-Every function here produces bytes that are identical to what ggml itself writes
-(`ggml_quantize_chunk`, which uses `quantize_row_q8_0_ref` / `quantize_row_q4_0_ref` and the
-scalar fp16/bf16 converters).  The quantizers are written for throughput: the data is processed
-in cache-sized slices of blocks, every step is a whole-slice numpy ufunc writing into a reused
-buffer, and nothing goes through float64.
+`quantize` produces exactly the bytes ggml itself writes (`ggml_quantize_chunk`, which runs
+`quantize_row_q8_0_ref` / `quantize_row_q4_0_ref` and the scalar fp16/bf16 converters).  It is
+written for throughput: data is processed in cache-sized slices of blocks, every step is one
+vectorised numpy call writing into a reused buffer, and nothing goes through float64.
 
-Rules of ggml's reference code that the numpy below reproduces (all arithmetic in float32):
+The rules of ggml's reference code reproduced here (all arithmetic in float32, as in C):
 
 Q8_0, per block of 32:  amax = max |x|;  d = amax / 127;  id = d ? 1/d : 0;
-    q = (int8) roundf(x * id)   (roundf: halves away from zero);  d stored as fp16.
-Q4_0, per block of 32:  max = the signed value of largest magnitude (the first one on ties);
-    d = max / -8;  id = d ? 1/d : 0;  q = min(15, (int8)(x * id + 8.5f))  (truncation);
-    byte j = q[j] | q[j + 16] << 4;  d stored as fp16.
-BF16: bits = (u + 0x7fff + ((u >> 16) & 1)) >> 16 (round to nearest even); a NaN keeps its top
-    16 bits with the quiet bit (0x0040) forced on.
-F16: round to nearest even (numpy's cast); a NaN becomes ggml's canonical 0x7e00 plus its sign.
+    q = (int8) roundf(x * id)  (roundf: halves away from zero);  d stored as fp16.
+Q4_0, per block of 32:  max = the signed value of largest magnitude, the first one on ties,
+    +0.0 when all are zero;  d = max / -8  (so -0.0 for an all-zero block);  id = d ? 1/d : 0;
+    q = min(15, (int8)(x * id + 8.5f))  (truncation);  byte j = q[j] | q[j + 16] << 4.
+    Where x * id is not finite (1/d overflowed because every |x| < ~4e-37, or the block holds
+    inf) the quant is 0, which is what x86 makes of ggml's float -> int8 conversion.
+F16: round to nearest even; a NaN becomes ggml's canonical 0x7e00 plus its sign.
+BF16: (u + 0x7fff + ((u >> 16) & 1)) >> 16 (round to nearest even); a NaN keeps its top 16 bits
+    with the quiet bit 0x0040 forced on.
 
-NaN or infinite inputs to the block quantizers are not reproduced bit for bit: ggml's own
-result there depends on undefined float-to-int conversions.
+Not reproduced: NaN inside a Q8_0/Q4_0 block (ggml's `MAX` macro then keeps whatever follows
+the last NaN; here the block gets d = NaN and all-zero quants).
 """
 from __future__ import annotations
-
 
 import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
@@ -117,8 +117,10 @@ def row_nbytes(ncols: int, qtype) -> int:
 
 
 def bf16_to_f32(u16) -> np.ndarray:
-    """bfloat16 bit patterns (any 2-byte integer array or scalar) -> float32, exactly."""
+    """bfloat16 bit patterns (an integer array or scalar, normally uint16) -> float32, exactly."""
     a = np.asarray(u16)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"bfloat16 data must come as 16-bit integer bit patterns, not {a.dtype}")
     if a.dtype.itemsize != 2:
         a = a.astype(np.uint16)
     elif a.dtype != np.uint16:
@@ -193,7 +195,7 @@ _SLICE = _SLICE_BLOCKS * 32
 def _f16_bits(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray) -> None:
     """float32 (1-D) -> IEEE half bit patterns in `out` (uint16), rounding to nearest even.
 
-    Integer arithmetic on the float32 bits, about twice as fast as numpy's float16 cast:
+    Integer arithmetic on the float32 bits (numpy's own float16 cast is a slower scalar loop):
     normal halves round away the 13 low mantissa bits as in `_to_bf16` and re-bias the exponent
     (the carry of a round-up moves into the exponent, as it should); magnitudes that round to
     65536 or more become inf; magnitudes below 2**-14 (half subnormals) take their bits from
@@ -232,7 +234,7 @@ def _f16_bits(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray) -> N
 def _f16_sliced(src: np.ndarray, dst: np.ndarray) -> None:
     """float32 src -> half bit patterns in dst (uint16, same length, may be strided)."""
     n = src.size
-    step = min(n, _SLICE)
+    step = max(1, min(n, _SLICE))
     a = np.empty(step, dtype=np.uint32)
     t = np.empty(step, dtype=np.uint32)
     for s in range(0, n, step):

@@ -94,7 +94,8 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     check_repo_id(repo)
     if "@" in spec and not revision:
         raise KilnError(None, f"'{spec}': empty revision after '@'")
-    if revision and (".." in revision or revision.startswith("/") or any(c.isspace() for c in revision)):
+    if revision and (".." in revision or revision.startswith("/")
+                     or any(c.isspace() for c in revision)):
         raise KilnError(None, f"'{spec}': not a valid revision")
     return repo, revision or None
 
@@ -237,8 +238,13 @@ def plan(repo: str, revision: str | None = None) -> RemotePlan:
         sel = choose_files(list(sizes))
     except KilnError as exc:
         raise KilnError(repo, exc.problem) from None
-    # config.json first: a gated repo or an unsupported architecture stops here, before gigabytes
-    config = _read_json(_fetch(repo, commit, "config.json", endpoint, cache), repo, "config.json")
+    # config.json first: a gated repo or an unsupported architecture stops here, before gigabytes.
+    # Asked for at the user's revision, so that huggingface-hub records refs/<revision> in its
+    # cache and an offline run finds this snapshot by branch or tag name.
+    config_path = _fetch(repo, rev, "config.json", endpoint, cache)
+    if config_path.parent.name != commit:
+        raise KilnError(repo, f"revision '{rev}' moved on the Hub during the pull; try again")
+    config = _read_json(config_path, repo, "config.json")
     check_architecture(config, repo)
     weight_map = None
     if sel.index:
@@ -287,14 +293,15 @@ def _plan_from_cache(repo: str, rev: str, endpoint: str, cache: Path, why: str,
 
 def check_architecture(config: dict, repo: str) -> None:
     """Refuse before downloading weights when no kiln family takes the architecture."""
-    from convert.families import FAMILIES
+    from convert.families import FAMILIES, supported_architectures
 
     archs = config.get("architectures") or []
     if any(a in fam.architectures for fam in FAMILIES for a in archs):
         return
     shown = ", ".join(map(str, archs)) if archs else f"model_type '{config.get('model_type')}'"
-    supported = "; ".join(f"{fam.name} ({', '.join(fam.architectures)})" for fam in FAMILIES)
-    raise KilnError(repo, f"architecture {shown} is not supported (supported families: {supported})")
+    families = ", ".join(sorted({fam.name for fam in FAMILIES}))
+    raise KilnError(repo, f"architecture {shown} is not supported (supported families: "
+                          f"{families}; architectures: {', '.join(supported_architectures())})")
 
 
 # -- downloading ----------------------------------------------------------------------------------
@@ -349,7 +356,7 @@ def download(p: RemotePlan, progress: ByteProgress | None = None, max_workers: i
             for fut in futures:
                 fut.result()
         except BaseException:
-            stop.set()                                   # running downloads stop at their next chunk
+            stop.set()                      # running downloads stop at their next chunk
             for fut in futures:
                 fut.cancel()
             raise

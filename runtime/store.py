@@ -168,7 +168,7 @@ class Entry:
         return int(self.manifest.get("size") or 0)
 
     def to_json(self) -> dict:
-        return {"name": self.ref, **self.manifest, "path": str(self.path)}
+        return {"ref": self.ref, **self.manifest, "path": str(self.path)}
 
 
 class Store:
@@ -492,7 +492,8 @@ def resolve_model(spec: str, *, quant: str = DEFAULT_QUANT,
     path = Path(os.path.expanduser(spec))
     if path.is_file() or spec.lower().endswith(".gguf") or _looks_like_path(spec):
         if path.is_dir():
-            raise KilnError(path, "is a folder; convert it with `kiln convert` or give a .gguf file")
+            raise KilnError(path, "is a folder; convert it with `kiln convert` or give a "
+                                  ".gguf file")
         if not path.is_file():
             raise KilnError(path, "no such file")
         if not _is_gguf(path):
@@ -516,7 +517,7 @@ def resolve_model(spec: str, *, quant: str = DEFAULT_QUANT,
 
 def estimate_gguf_bytes(weight_bytes: int, source_bits: int, quant: str) -> int:
     bits = _BITS.get(quant.lower(), 16.0)
-    return int(weight_bytes * bits / max(source_bits, 1) * 1.05) + (16 << 20)
+    return int(weight_bytes * bits / max(source_bits, 1) * 1.05) + (1 << 20)
 
 
 def describe_plan(plan, quant: str, est: int) -> str:

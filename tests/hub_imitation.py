@@ -1,4 +1,4 @@
-"""A small Hugging Face Hub imitation on loopback, for tests that run the real huggingface-hub client.
+"""A small Hugging Face Hub imitation on loopback, for tests of the real huggingface-hub client.
 
 It serves what huggingface-hub 2.4 calls, with the same status codes and headers:
 
@@ -7,7 +7,7 @@ It serves what huggingface-hub 2.4 calls, with the same status codes and headers
 - `HEAD|GET /{repo}/resolve/{rev}/{path}`: small files answer 200 with `ETag` (git blob sha1),
   `X-Repo-Commit`, `Content-Length`; LFS files (weights, tokenizer.model) answer 302 to a second
   "CDN" origin with `X-Linked-Etag` (sha256), `X-Linked-Size`, `X-Repo-Commit`, as the Hub does
-- `GET /{sha256}` on the CDN origin, with `Range: bytes=N-` answered 206 + `Content-Range`
+- `GET /repos/{repo}/{sha256}` on the CDN origin, `Range: bytes=N-` answered 206 + `Content-Range`
 - errors with `X-Error-Code` / `X-Error-Message`: `RepoNotFound` (401 without a token, 404 with
   one), `GatedRepo` (401 without a token, 403 with a token not on the list), `RevisionNotFound`,
   `EntryNotFound`
@@ -115,8 +115,8 @@ class HubImitation:
         for origin in ("hub", "cdn"):
             server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, origin))
             server.daemon_threads = True
-            t = threading.Thread(target=server.serve_forever, name=f"hub-imitation-{origin}",
-                                 daemon=True)
+            t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                 name=f"hub-imitation-{origin}", daemon=True)
             t.start()
             self._servers.append(server)
             self._threads.append(t)
@@ -297,7 +297,8 @@ def _handler(hub: HubImitation, origin: str):
             common = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes",
                       "Content-Security-Policy": "default-src 'none'; sandbox"}
             if repo.is_lfs(name):
-                location = f"{hub.cdn}/{repo.sha256(name)}?name={quote(name)}&X-Amz-Expires=3600"
+                location = (f"{hub.cdn}/repos/{repo.repo_id}/{repo.sha256(name)}"
+                            f"?name={quote(name)}&X-Amz-Expires=3600")
                 self._send(302, b"", {**common, "Location": location,
                                       "ETag": f'"{repo.blob_id(name)}"',
                                       "X-Linked-Etag": f'"{repo.sha256(name)}"',
@@ -308,12 +309,13 @@ def _handler(hub: HubImitation, origin: str):
                                           "Content-Type": "text/plain; charset=utf-8"})
 
         def _cdn(self, parts: list[str]) -> None:
-            sha = parts[0] if parts else ""
-            for repo in hub.repos.values():
-                for name, data in repo.files.items():
-                    if repo.is_lfs(name) and repo.sha256(name) == sha:
+            """`/repos/{owner}/{name}/{sha256}`: a signed-URL CDN, no auth needed."""
+            if len(parts) == 4 and parts[0] == "repos":
+                repo = hub.repos.get(f"{parts[1]}/{parts[2]}".lower())
+                for name, data in (repo.files.items() if repo else ()):
+                    if repo.is_lfs(name) and repo.sha256(name) == parts[3]:
                         return self._body(repo, name, data, {
-                            "ETag": f'"{sha}"', "Accept-Ranges": "bytes",
+                            "ETag": f'"{parts[3]}"', "Accept-Ranges": "bytes",
                             "Content-Type": "application/octet-stream",
                             "Content-Disposition": f'inline; filename="{name}";'})
             self._error(404, "NotFound", "No such blob")

@@ -18,6 +18,7 @@ What differs from plain Llama:
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -93,6 +94,28 @@ class XverseFamily(LlamaFamily):
             vocab.add_bos = False
         return vocab
 
+    def exact_tokenizer(self) -> str | None:
+        """'huggingface' when tokenizer.json splits text before BPE in ways llama.cpp's SPM
+        tokenizer cannot (XVERSE's is described as Metaspace + isolated punctuation + single
+        digits). llama.cpp merges across those boundaries whenever the vocab has such a piece,
+        so the runtime then tokenizes with the embedded tokenizer.json; the GGUF's native vocab
+        stays as exact as llama.cpp allows for other tools."""
+        if not getattr(self, "from_checkpoint", True):
+            return None
+        path = self.model_dir / "tokenizer.json"
+        try:
+            tj = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(tj, dict):
+            return None
+        pre = _components(tj.get("pre_tokenizer"), "pretokenizers")
+        norm = _components(tj.get("normalizer"), "normalizers")
+        if any(p.get("type") != "Metaspace" for p in pre) or any(
+                n.get("type") not in ("Prepend", "Replace") for n in norm):
+            return "huggingface"
+        return None
+
     # -- chat knowledge ----------------------------------------------------------------
     def chat_template(self, vocab: Vocab | None) -> str:
         return CHAT_TEMPLATE
@@ -103,6 +126,15 @@ class XverseFamily(LlamaFamily):
 
     def stop_strings(self) -> list[str]:
         return ["Human:"]
+
+
+def _components(node: Any, key: str) -> list[dict]:
+    """A tokenizer.json normalizer / pre_tokenizer as a flat list (Sequence nodes opened)."""
+    if not isinstance(node, dict):
+        return []
+    if node.get("type") == "Sequence":
+        return [c for sub in node.get(key) or [] for c in _components(sub, key)]
+    return [node]
 
 
 def _fix_nul(vocab: Vocab) -> None:
