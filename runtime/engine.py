@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CTX = 4096
 _llama_log = logging.getLogger("llama.cpp")
-_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}  # ggml.h
 _log_state = {"verbose": False, "level": logging.DEBUG, "callback": None}
 
 
