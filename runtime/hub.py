@@ -381,7 +381,11 @@ def _fetch(repo: str, commit: str, name: str, endpoint: str, cache: Path,
 
 
 def _bar_class(name: str, progress: ByteProgress | None):
-    """A tqdm stand-in for hf_hub_download: forwards byte counts (negative on a restart)."""
+    """A tqdm stand-in for hf_hub_download: forwards byte counts (negative on a restart).
+
+    It has `update_transfer`, so that for Xet-stored files huggingface-hub routes network bytes
+    there (ignored) and only counts bytes written to the file through `update`, as for HTTP.
+    """
 
     class Bar:
         def __init__(self, *args, **kwargs):
@@ -392,6 +396,12 @@ def _bar_class(name: str, progress: ByteProgress | None):
         def update(self, n: int | float | None = 1) -> None:
             if progress and n:
                 progress(int(n), name)
+
+        def update_transfer(self, n: int | float | None = 1) -> None:
+            pass
+
+        def set_transfer_postfix_str(self, *a, **k) -> None:
+            pass
 
         def __enter__(self):
             return self

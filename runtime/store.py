@@ -113,10 +113,14 @@ def check_disk(needs: list[tuple[Path, int, str]]) -> None:
 
 
 # -- names ----------------------------------------------------------------------------------------
+def _is_name(n: str) -> bool:
+    return bool(_NAME_RE.fullmatch(n)) and ".." not in n and n.split(".")[0] not in _RESERVED
+
+
 def check_name(name: str) -> str:
     """A store name: lower-case letters, digits, '.', '_', '-'; one folder, never a path."""
     n = name.strip().lower()
-    if not _NAME_RE.fullmatch(n) or ".." in n or n.split(".")[0] in _RESERVED:
+    if not _is_name(n):
         raise KilnError(None, f"'{name}' is not a valid model name (use letters, digits, '.', "
                               "'_' and '-', starting with a letter or digit; no paths)")
     return n
@@ -215,7 +219,7 @@ class Store:
         if not self.models.is_dir():
             return entries
         for d in sorted(self.models.iterdir()):
-            if not d.is_dir() or not _NAME_RE.fullmatch(d.name):
+            if not d.is_dir() or not _is_name(d.name):
                 continue
             for m in sorted(d.glob("*.json")):
                 if _QUANT_RE.fullmatch(m.stem) and (e := self.get(d.name, m.stem)) is not None:
@@ -254,7 +258,7 @@ class Store:
         for e in self.list():
             src = e.source
             if (e.quant == quant and str(src.get("repo", "")).lower() == repo.lower()
-                    and (revision is None or revision in (src.get("revision"),)
+                    and (revision is None or revision == src.get("revision")
                          or str(src.get("commit", "")).startswith(revision))):
                 return e
         return None
@@ -262,7 +266,7 @@ class Store:
     def name_for(self, repo: str, name: str | None = None) -> str:
         """The store name for a repo: the given one, else the repo's name, else owner--name when
         another repo already holds that name."""
-        if name:
+        if name is not None:
             return check_name(name)
         for candidate in (name_for_repo(repo), name_for_repo(repo, owner_too=True)):
             others = [e for e in self.entries(candidate)
@@ -283,11 +287,8 @@ class Store:
                 except OSError as exc:
                     raise KilnError(e.path, f"cannot remove: {exc.strerror or exc}") from None
                 removed.append(e)
-        d = self._dir(split_ref(ref)[0])
         try:
-            for leftover in d.glob(".tmp-*"):
-                _remove_stale(leftover)
-            d.rmdir()
+            self._dir(split_ref(ref)[0]).rmdir()          # only when nothing else is in it
         except OSError:
             pass
         return removed
@@ -319,8 +320,13 @@ class Store:
             progress.advance(n, tensor)
 
         try:
-            summary = convert(src, staging, quant, threads=threads, progress=on_bytes,
-                              on_plan=on_plan)
+            try:
+                summary = convert(src, staging, quant, threads=threads, progress=on_bytes,
+                                  on_plan=on_plan)
+            except KilnError as exc:
+                if exc.path == str(staging):              # name the entry, not the temp file
+                    raise KilnError(self.gguf_path(name, quant), exc.problem) from None
+                raise
             progress.finish()
             sha, size = _sha256(staging, progress, f"{name}:{quant}")
             manifest = {
@@ -343,14 +349,16 @@ class Store:
 
         src = Path(path)
         progress = progress or NullProgress()
+        name = None if name is None else check_name(name)
+        quant = None if quant is None else check_quant_tag(quant)
         if not src.is_file():
             raise KilnError(src, "no such file")
         if not _is_gguf(src):
             raise KilnError(src, "not a GGUF file (it does not start with the GGUF magic)")
         info = read_info(src)
         meta = info["metadata"]
-        name = check_name(name) if name else _name_from_file(src)
-        quant = check_quant_tag(quant) if quant else _quant_of(info)
+        name = name or _name_from_file(src)
+        quant = quant or _quant_of(info)
         size = src.stat().st_size
         with self.lock(name, quant):
             if not force and self.get(name, quant) is not None:
@@ -416,6 +424,7 @@ class Store:
         progress = progress or NullProgress()
         say = on_status or (lambda msg: log.info("%s", msg))
         hub.check_repo_id(repo)
+        name = None if name is None else check_name(name)   # refused before any network use
         plan = hub.plan(repo, revision)
         if plan.note:
             say(f"{repo}: {plan.note}")
@@ -434,10 +443,11 @@ class Store:
             check_disk([(plan.cache_dir, plan.download_bytes, "download"),
                         (self._dir(name), est, f"{quant} GGUF")])
             message = describe_plan(plan, quant, est)
-            if confirm is not None and not confirm(message):
+            if confirm is None:
+                say(message)
+            elif not confirm(message):
                 raise Cancelled(repo, "download declined; nothing was changed")
-            say(message)
-            if plan.download_bytes:
+            if any(not f.cached for f in plan.files):
                 progress.start("download", plan.download_bytes, f"{repo}@{plan.commit[:7]}")
                 hub.download(plan, progress=lambda n, f: progress.advance(n, f))
                 progress.finish()
@@ -490,6 +500,9 @@ def resolve_model(spec: str, *, quant: str = DEFAULT_QUANT,
     if not spec:
         raise KilnError(None, "no model given")
     path = Path(os.path.expanduser(spec))
+    if path.is_dir() and (path / "config.json").is_file():
+        raise KilnError(path, "is a checkpoint folder; convert it with `kiln convert` first, or "
+                              "give a GGUF file, a store name or a repo id")
     if path.is_file() or spec.lower().endswith(".gguf") or _looks_like_path(spec):
         if path.is_dir():
             raise KilnError(path, "is a folder; convert it with `kiln convert` or give a "
@@ -564,9 +577,15 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
+_QUANT_SUFFIX = r"(f32|f16|bf16|q\d(_k)?(_[a-z0-9]+)*|iq\d\w*)"
+
+
 def _name_from_file(path: Path) -> str:
+    """`Foo-7B.Q4_0.gguf` -> `foo-7b`; `q8_0.gguf` (named by its quant only) -> its folder's name."""
     stem = path.name[:-5] if path.name.lower().endswith(".gguf") else path.stem
-    stem = re.sub(r"[-._](f32|f16|bf16|q\d(_k)?(_[a-z0-9]+)*|iq\d\w*)$", "", stem, flags=re.I)
+    if re.fullmatch(_QUANT_SUFFIX, stem, flags=re.I) and path.resolve().parent.name:
+        stem = path.resolve().parent.name
+    stem = re.sub(rf"[-._]{_QUANT_SUFFIX}$", "", stem, flags=re.I)
     text = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
     text = re.sub(r"\.{2,}", ".", text)[:100].strip("-._") or "model"
     return check_name(text)

@@ -466,6 +466,8 @@ def test_import_list_show_rm(checkpoints, tmp_path, capsys):
         resolve_model(str(not_gguf))
     with pytest.raises(KilnError, match="no such file"):
         resolve_model("missing.gguf")
+    with pytest.raises(KilnError, match="is a checkpoint folder; convert it with `kiln convert`"):
+        resolve_model(str(checkpoints[0]))
     assert kiln("rm", "other:custom_tag", "tiny-llama") == 0
     assert Store().list() == []
 
@@ -476,7 +478,7 @@ BAD_NAMES = ["../evil", "..", ".", "a/b", "/etc/passwd", "a\\b", "C:evil", "con"
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)
-def test_names_cannot_escape_the_store(bad, tmp_path):
+def test_names_cannot_escape_the_store(bad, tmp_path, hub):
     with pytest.raises(KilnError):
         check_name(bad)
     with pytest.raises(KilnError):
@@ -485,8 +487,14 @@ def test_names_cannot_escape_the_store(bad, tmp_path):
         Store().remove(bad)
     with pytest.raises(KilnError):
         Store().gguf_path(bad, "q8_0")
+    with pytest.raises(KilnError, match="not a valid model name"):
+        Store().import_gguf(tmp_path / "any.gguf", bad)
     with pytest.raises(KilnError):
-        Store().pull("acme/tiny-llama", name=bad)        # refused before any network use
+        Store().pull("acme/tiny-llama", name=bad)
+    if bad != "a/b":                                      # that one is a repo id's shape
+        with pytest.raises(KilnError):
+            resolve_model(bad)
+    assert hub.log == []                                  # refused before any network use
     assert not (tmp_path / "evil").exists() and not (tmp_path / "kiln" / "evil").exists()
 
 
@@ -518,3 +526,29 @@ def test_default_home(monkeypatch, tmp_path):
     assert store_mod.default_home() == tmp_path / "Local" / "kiln"
     monkeypatch.setenv("KILN_HOME", "~/models")
     assert store_mod.default_home() == Path(os.path.expanduser("~/models"))
+
+
+def test_kiln_run_repo_id_then_network_refused(hub, monkeypatch, capsys):
+    """`kiln run REPO_ID`: pulled and converted on first use, then served with no network."""
+    pytest.importorskip("llama_cpp")
+    cli = pytest.importorskip("runtime.cli").cli
+    if "run" not in cli.commands:
+        pytest.skip("no `kiln run` command yet")
+
+    def run() -> dict:
+        try:
+            run_cli(cli, ["run", REPO, "Hello", "--json", "--max-tokens", "4", "--ctx", "64",
+                          "--device", "cpu", "--temperature", "0"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    first = run()
+    assert first["generated_tokens"] >= 1
+    assert Counter(hub.fetched(REPO))["model.safetensors"] == 1
+    hub.stop()                                            # connections refused from here on
+    refused = run()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = run()
+    for again in (refused, offline):
+        assert (again["text"], again["prompt_tokens"]) == (first["text"], first["prompt_tokens"])

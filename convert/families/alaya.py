@@ -8,7 +8,8 @@ llama-cpp-python 0.3.36 vendors; llm-foundry / HF remote-code modeling_mpt.py):
   x += out_proj(attn(LN_1(x))), x += down(GELU(up(LN_2(x)))); LN_f; logits = output @ x.
   LayerNorm (bias optional everywhere), fused Wqkv [q | k | v] with optional bias, optional clamp
   of the fused qkv (`clamp_kqv`), optional LayerNorm over the whole q and k vectors (qk_ln; the k
-  norm has n_embd entries, so only with as many kv heads as heads), softmax scale fixed at
+  norm has n_embd entries, so only with as many kv heads as heads; and this llama.cpp aborts on
+  it for batches of more than one token, see QK_LN_RUNS), softmax scale fixed at
   1/sqrt(head_dim), ALiBi when `max_alibi_bias` > 0 (same slopes as llm-foundry's gen_slopes,
   also for head counts that are not powers of two), GQA by repeating kv heads as
   repeat_interleave does, no RoPE, no gated FFN, GELU only (llama.cpp's GELU is the tanh form
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 _LAYERNORMS = ("layernorm", "low_precision_layernorm")
 _ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
 _PLAIN_FFN = ("mptmlp",)
+
+# q/k LayerNorm (qk_ln) converts to attn_q_norm / attn_k_norm, verified token by token against
+# llm-foundry's semantics (tests/test_alaya.py), but llama.cpp's mpt graph reshapes the
+# non-contiguous q/k views of the fused qkv before that norm, which aborts for batches of more
+# than one token. Flip this once the llama.cpp that kiln ships runs it.
+QK_LN_RUNS = False
 
 
 class MptFamily(Family):
@@ -171,6 +178,12 @@ class MptFamily(Family):
         if attn.get("qk_ln") and n_kv != self.n_head:
             refuse(f"attn_config.qk_ln with {n_kv} kv heads (the graph's k norm has d_model "
                    "entries, llm-foundry's kv_n_heads * head_dim)")
+        if attn.get("qk_ln") and not QK_LN_RUNS:
+            raise KilnError(path, "attn_config.qk_ln=true: the llama.cpp kiln runs (llama-cpp-"
+                            "python 0.3.36) aborts on such an MPT model for any prompt longer "
+                            "than one token (GGML_ASSERT ggml_is_contiguous: mpt.cpp reshapes the "
+                            "q/k views of the fused qkv before its q/k LayerNorm); kiln does not "
+                            "write a file that crashes")
         if attn.get("qk_gn"):
             refuse("attn_config.qk_gn=true (per-head q/k norms)")
         if attn.get("rope"):
@@ -199,6 +212,14 @@ class MptFamily(Family):
                 refuse(f"ffn_config.ffn_act_fn {act!r} (the graph uses GELU)")
         self.alibi  # noqa: B018  (raises when unset)
         self.logit_scale()
+
+    def vocab(self) -> Vocab:
+        vocab = super().vocab()
+        if vocab.add_bos is None:
+            # llm-foundry trains MPT on text without a BOS; without an explicit setting in the
+            # tokenizer files llama.cpp would add one to a SentencePiece ("llama") vocabulary.
+            vocab.add_bos = False
+        return vocab
 
     def hparams(self) -> dict[str, Any]:
         self.check_config()
@@ -349,9 +370,7 @@ class AlayaFamily(MptFamily):
                             eos, vocab.tokens[eos], vocab.tokens[ALAYA_EOS])
             vocab.special["eos"] = ALAYA_EOS
         vocab.special.setdefault("pad", ALAYA_EOS)
-        if vocab.add_bos is None:
-            vocab.add_bos = False     # api.py and sft.py never put a BOS in front
-        return vocab
+        return vocab                  # no BOS (MptFamily): api.py and sft.py never add one
 
     def chat_template(self, vocab: Vocab | None) -> str:
         return ALAYA_TEMPLATE

@@ -1,0 +1,900 @@
+"""Benchmark kiln's chat runtime against bare llama-cpp-python (and llama.cpp's llama-bench).
+
+What it does, in order:
+
+1. Makes (or reuses) the random checkpoint in the exact shape of llm-jp/llm-jp-3-1.8b that
+   scripts/bench_convert.py generates (bench_out/llm-jp-3-1.8b-shape, ~3.5 GiB bf16), and
+   converts it with kiln to each --types output (`kiln convert DIR -o OUT --quant q4_0`). The
+   GGUFs are cached under bench_out/runtime/ (with a .json note of the checkpoint they came
+   from) and reused by later runs; --reconvert makes them again.
+
+2. For each type, loads the GGUF twice in this process: once as kiln's ChatModel, once as a
+   bare `llama_cpp.Llama` with the very arguments kiln passes (n_ctx, n_batch 512, n_threads,
+   seed, GPU layers) plus n_threads_batch = the same thread count. Then, --repeat times,
+   interleaved (kiln first on even repeats, bare first on odd ones), each from an empty KV cache:
+     kiln: ChatModel.chat([user: PROMPT], stream=True, max_tokens=M, temperature=0,
+           repeat_penalty=1) consumed to the end;
+     bare: Llama.generate(SAME TOKEN IDS, temp=0, repeat_penalty=1, min_p=0), stopping after M.
+   The prompt is made of words of the test corpus, sized so that kiln's prompt (template + BOS)
+   is exactly N (--prompt-tokens) token ids; bare gets those very ids.
+     pp t/s = N / time to first token     tg t/s = (M - 1) / time from first token to the end
+   kiln's time to first token is measured from outside, from the call of chat() to its first
+   token: it includes kiln's prompt building (chat template + tokenization), which bare does
+   not do. (kiln's own last_stats.prompt_seconds, which starts later, is recorded too.)
+
+   Greedy decoding and end of sequence. Both sides decode greedily (temperature 0: llama.cpp's
+   greedy sampler, top-k/top-p ignored; repetition penalty 1 = off), so from the same ids they
+   produce the same tokens. Random weights may still pick an end-of-sequence token before M.
+   Rather than make either side ignore eos (kiln has no switch for it: patching its eos set would
+   measure something kiln never runs), the prompt is chosen so that nothing stops early: before
+   timing, bare generates M tokens greedily from a candidate prompt, and the candidate is
+   rejected (the next one tried, up to 20) if those tokens hold an eos id of the model, a banned
+   id, or text with one of the model's stop strings. Then kiln runs its normal, unmodified code
+   path and must produce exactly M tokens (finish_reason "length"), the same ids as bare: every
+   timed run checks both, and the result records any mismatch. Both sides thus do exactly the
+   same llama.cpp work, and the difference is kiln's own per-turn and per-token Python work.
+
+3. Second turn (KV-cache reuse). After a first turn (the N-token prompt, --turn1-tokens
+   answered), kiln gets a second turn: the first one, the answer as kiln returned it, and a new
+   user message sized so that exactly K tokens are new, i.e. not in the KV cache (K from
+   --second-turn, default 16,64,256). Its time to first token ("warm") is compared with the time
+   to first token of the same full prompt from an empty cache ("cold"), and with bare
+   llama-cpp-python given the same ids after the same first turn. kiln's evaluated_tokens (prompt
+   tokens actually run) is reported: it should be K, and warm TTFT should grow with K only.
+
+4. Per-token overhead profile: with the loaded model, times each part of kiln's per-token work
+   in isolation (token -> bytes, UTF-8 decoding, stop-string scanning, with and without a stop
+   string, on real vocabulary pieces), its per-turn work (chat template + tokenization), and the
+   cost of a logits processor as llama-cpp-python runs it (used by kiln only for families with
+   banned ids): what kiln adds per token, against the time of one generation step.
+   --profile adds a cProfile of one kiln turn per type.
+
+5. With --llama-bench PATH: llama.cpp's own llama-bench on the same GGUF, interleaved with the
+   other runs: `-p N -n 0` (pp at depth 0) and `-p 0 -n M -d N` (tg after N tokens of context,
+   like the other tools), with -t THREADS -b 512 -ub 512 -fa 0 -r 1, once per repeat. Note that
+   llama-bench is its own build of llama.cpp (compile flags may differ from the Python wheel's).
+
+Prints two tables (type, tool, pp t/s, tg t/s, kiln/bare ratios with the target >= 0.97
+marked PASS/FAIL; and the second-turn table) and writes every number plus machine info to
+--json-out (default bench_out/bench_runtime.json).
+
+Noise: the numbers are medians of --repeat runs. On a small shared machine (2 cores here, and
+other people's tests may run at the same time) single runs can be off by 10-30%. Every run
+records the load average and this process's CPU time over its wall time (busy cores: well
+below --threads means we did not get the cores); the JSON keeps every run. Use --repeat 5 or
+more, and compare ratios of interleaved runs rather than absolute speeds.
+
+Examples:
+  python scripts/bench_runtime.py --quick --repeat 1            # smoke run (4-layer model)
+  python scripts/bench_runtime.py                                # full run, q4_0 and q8_0
+  python scripts/bench_runtime.py --llama-bench /tmp/lbb/bin/llama-bench --repeat 5
+
+Exit status: 0 when every run succeeded, 1 when one failed, 2 with --check when a kiln/bare
+ratio is below the target.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import cProfile
+import ctypes
+import hashlib
+import io
+import json
+import os
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_convert as bc  # noqa: E402  (the checkpoint generator and machine info)
+
+BENCH_OUT = REPO / "bench_out"
+TARGET_RATIO = 0.97          # kiln / bare, pp and tg t/s
+MAX_PROMPT_TRIES = 20        # candidate prompts tried before giving up on "no early eos"
+LLMJP_STOP = "\n\n### 指示:"  # the stop string of the real llm-jp family, for the profile
+
+CORPUS_EN = bc.CORPUS_WORDS_EN
+CORPUS_JA = bc.CORPUS_WORDS_JA
+
+
+# --------------------------------------------------------------------------------------------
+# Model files
+# --------------------------------------------------------------------------------------------
+def checkpoint_id(model_dir: Path) -> str:
+    """A fingerprint of the generated checkpoint (its completion marker lists every file)."""
+    return hashlib.sha256((model_dir / bc.MARKER).read_bytes()).hexdigest()[:16]
+
+
+def ensure_gguf(model_dir: Path, qtype: str, out_dir: Path, reconvert: bool) -> tuple[Path, dict]:
+    """kiln convert MODEL_DIR --quant QTYPE, cached as OUT_DIR/<checkpoint>-<qtype>.gguf."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gguf = out_dir / f"{model_dir.name}-{qtype}.gguf"
+    note = gguf.with_suffix(".json")
+    ck = checkpoint_id(model_dir)
+    if not reconvert and gguf.is_file() and note.is_file():
+        try:
+            info = json.loads(note.read_text())
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        if info.get("checkpoint_id") == ck and info.get("bytes") == gguf.stat().st_size:
+            print(f"reusing {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB)", flush=True)
+            return gguf, info | {"reused": True}
+    gguf.unlink(missing_ok=True)
+    note.unlink(missing_ok=True)
+    cmd = [*bc.kiln_command(), "convert", str(model_dir), "-o", str(gguf), "--quant", qtype,
+           "--quiet"]
+    print(f"converting: {' '.join(cmd)}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not gguf.is_file():
+        sys.exit(f"error: kiln convert failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    info = {"checkpoint_id": ck, "checkpoint": str(model_dir), "qtype": qtype,
+            "bytes": gguf.stat().st_size, "command": cmd,
+            "convert_s": round(time.perf_counter() - started, 2),
+            "kiln_output": proc.stdout.strip().splitlines()[-1:]}
+    note.write_text(json.dumps(info, indent=2) + "\n")
+    print(f"  {info['kiln_output'][0] if info['kiln_output'] else 'done'}", flush=True)
+    return gguf, info | {"reused": False}
+
+
+def load_pair(gguf: Path, threads: int, n_ctx: int | None):
+    """kiln's ChatModel and a bare Llama built with the very arguments kiln passes."""
+    from llama_cpp import Llama
+
+    from runtime.engine import ChatModel
+
+    kiln = ChatModel(gguf, n_ctx=n_ctx, threads=threads, device="auto", seed=0)
+    bare = Llama(model_path=str(gguf), n_ctx=kiln.n_ctx, n_batch=512,
+                 n_gpu_layers=kiln.gpu_layers, n_threads=threads, n_threads_batch=threads,
+                 seed=0, verbose=False)
+    return kiln, bare
+
+
+def llama_params(llm) -> dict:
+    return {"n_ctx": llm.n_ctx(), "n_batch": llm.n_batch,
+            "n_ubatch": int(llm.context_params.n_ubatch), "n_threads": llm.n_threads,
+            "n_threads_batch": llm.n_threads_batch,
+            "flash_attn_type": int(llm.context_params.flash_attn_type),
+            "n_gpu_layers": int(llm.model_params.n_gpu_layers)}
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts of an exact token count
+# --------------------------------------------------------------------------------------------
+def fit_words(count, target: int, seed: int, prefix: str = "") -> str:
+    """Text of corpus words such that count(text) == target (count is monotone-ish in length).
+
+    Grows the text a word at a time; when a word overshoots, tries the other words (and single
+    letters) for one that lands exactly, else one that still fits, and goes on."""
+    rng = np.random.default_rng(seed)
+    words: list[str] = [prefix] if prefix else []
+    candidates = list(CORPUS_EN) + list(CORPUS_JA) + list("abcdefghijklmnopqrstuvwxyz")
+
+    def text(ws: list[str]) -> str:
+        return " ".join(ws)
+
+    n = count(text(words))
+    for _ in range(20 * target + 100):
+        if n == target:
+            return text(words)
+        pool = CORPUS_JA if rng.random() < 0.3 else CORPUS_EN
+        word = pool[int(rng.integers(len(pool)))]
+        n2 = count(text(words + [word]))
+        if n2 <= target:
+            words.append(word)
+            n = n2
+            continue
+        best = None
+        for cand in rng.permutation(candidates):
+            c = count(text(words + [str(cand)]))
+            if c == target:
+                return text(words + [str(cand)])
+            if n < c < target and (best is None or c > best[0]):
+                best = (c, str(cand))
+        if best is None:
+            raise RuntimeError(f"cannot reach exactly {target} tokens (stuck at {n})")
+        words.append(best[1])
+        n = best[0]
+    raise RuntimeError(f"cannot reach exactly {target} tokens (at {n})")
+
+
+def first_turn_messages(kiln, n_tokens: int, seed: int) -> list[dict]:
+    def count(text: str) -> int:
+        return len(kiln.prompt.encode([{"role": "user", "content": text}]))
+    return [{"role": "user", "content": fit_words(count, n_tokens, seed)}]
+
+
+# --------------------------------------------------------------------------------------------
+# One measured turn
+# --------------------------------------------------------------------------------------------
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset: bool) -> dict:
+    """One kiln turn, consumed as a client would; TTFT measured from the call of chat()."""
+    if reset:
+        kiln.reset()
+    load = os.getloadavg()[0]
+    cpu0 = _cpu_s()
+    t0 = time.perf_counter()
+    pieces = []
+    for piece in kiln.chat(messages, stream=True, max_tokens=max_tokens, **sampling):
+        pieces.append(piece)
+    t_end = time.perf_counter()
+    cpu = _cpu_s() - cpu0
+    s = kiln.last_stats
+    n_prompt = s.prompt_tokens
+    gen_ids = kiln.llm._input_ids[n_prompt:kiln.llm.n_tokens].tolist()
+    ttft = (t_end - t0) - s.generate_seconds
+    return {
+        "tool": "kiln", "prompt_tokens": s.prompt_tokens, "evaluated_tokens": s.evaluated_tokens,
+        "generated_tokens": s.generated_tokens, "finish_reason": s.finish_reason,
+        "ttft_s": ttft, "ttft_internal_s": s.prompt_seconds, "gen_s": s.generate_seconds,
+        "wall_s": t_end - t0, "pp_tps": s.evaluated_tokens / ttft if ttft > 0 else None,
+        "tg_tps": ((s.generated_tokens - 1) / s.generate_seconds
+                   if s.generated_tokens > 1 and s.generate_seconds > 0 else None),
+        "busy_cores": cpu / (t_end - t0), "loadavg_1m": load,
+        "text": "".join(pieces), "token_ids": gen_ids,  # all but the last (never evaluated)
+    }
+
+
+def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
+             stop_ids: set[int] | None = None) -> dict:
+    """The same turn with bare llama-cpp-python: generate() from the ids, greedy, M tokens."""
+    if reset:
+        llm.reset()
+    cached = 0
+    if llm.n_tokens:
+        for a, b in zip(llm._input_ids[: llm.n_tokens].tolist(), ids):
+            if a != b:
+                break
+            cached += 1
+    evaluated = len(ids) - min(cached, len(ids) - 1)
+    load = os.getloadavg()[0]
+    cpu0 = _cpu_s()
+    t0 = time.perf_counter()
+    t1 = None
+    tokens: list[int] = []
+    it = llm.generate(ids, top_k=sampling["top_k"], top_p=sampling["top_p"], min_p=0.0,
+                      temp=sampling["temperature"], repeat_penalty=sampling["repeat_penalty"])
+    for tok in it:
+        if t1 is None:
+            t1 = time.perf_counter()
+        if stop_ids and tok in stop_ids:
+            break
+        tokens.append(tok)
+        if len(tokens) >= max_tokens:
+            break
+    it.close()
+    t_end = time.perf_counter()
+    cpu = _cpu_s() - cpu0
+    t1 = t1 or t_end
+    gen_s = t_end - t1
+    return {
+        "tool": "bare", "prompt_tokens": len(ids), "evaluated_tokens": evaluated,
+        "generated_tokens": len(tokens), "ttft_s": t1 - t0, "gen_s": gen_s,
+        "wall_s": t_end - t0, "pp_tps": evaluated / (t1 - t0) if t1 > t0 else None,
+        "tg_tps": (len(tokens) - 1) / gen_s if len(tokens) > 1 and gen_s > 0 else None,
+        "busy_cores": cpu / (t_end - t0), "loadavg_1m": load, "tokens": tokens,
+    }
+
+
+def run_llama_bench(exe: Path, gguf: Path, args: list[str], threads: int) -> dict:
+    cmd = [str(exe), "-m", str(gguf), *args, "-t", str(threads), "-b", "512", "-ub", "512",
+           "-fa", "0", "-r", "1", "-o", "json"]
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    out = {"tool": "llama-bench", "cmd": cmd, "loadavg_1m": load, "wall_s": wall,
+           "returncode": proc.returncode}
+    if proc.returncode != 0:
+        out["error"] = (proc.stderr or proc.stdout).strip()[-1000:]
+        return out
+    try:
+        rows = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        out["error"] = f"unreadable JSON from llama-bench: {exc}: {proc.stdout[:300]}"
+        return out
+    out["rows"] = [{k: r.get(k) for k in ("n_prompt", "n_gen", "n_depth", "avg_ts", "avg_ns",
+                                          "n_threads", "n_batch", "n_ubatch", "type_k",
+                                          "flash_attn", "build_commit", "build_number",
+                                          "cpu_info", "backends", "model_type")}
+                   for r in rows]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Setup per model: a prompt that runs M tokens without stopping, checked on both sides
+# --------------------------------------------------------------------------------------------
+def stop_reason(kiln, tokens: list[int]) -> str | None:
+    """Why kiln would stop before the end of these tokens (eos, banned id, stop string)."""
+    eos = set(kiln.eos_ids)
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return f"eos id {t} at token {i + 1}"
+        if t in set(kiln.meta.banned_ids):
+            return f"banned id {t} at token {i + 1}"
+    text = b"".join(kiln._piece(t) for t in tokens).decode("utf-8", "replace")
+    for stop in kiln.meta.stop_strings:
+        if stop and stop in text:
+            return f"stop string {stop!r} in the text"
+    return None
+
+
+def choose_prompt(kiln, bare, n_tokens: int, gen_tokens: int, sampling: dict) -> tuple:
+    tried = []
+    for seed in range(MAX_PROMPT_TRIES):
+        messages = first_turn_messages(kiln, n_tokens, seed=1000 + seed)
+        ids = kiln.prompt.encode(messages)
+        probe = run_bare(bare, ids, gen_tokens, sampling, reset=True)   # also a warm-up
+        why = stop_reason(kiln, probe["tokens"])
+        tried.append({"seed": 1000 + seed, "rejected": why})
+        if why is None:
+            return messages, ids, probe["tokens"], tried
+        print(f"    prompt seed {1000 + seed} rejected: {why}", flush=True)
+    raise RuntimeError(f"no prompt out of {MAX_PROMPT_TRIES} ran {gen_tokens} tokens without "
+                       f"stopping: {tried}")
+
+
+def second_turn_messages(kiln, turn1: list[dict], answer: str, k: int, cache: list[int],
+                         seed: int) -> list[dict]:
+    """turn1 + the answer + a user message sized so that exactly k prompt ids are not cached."""
+    def count(text: str) -> int:
+        ids = kiln.prompt.encode(turn1 + [{"role": "assistant", "content": answer},
+                                          {"role": "user", "content": text}])
+        common = 0
+        for a, b in zip(cache, ids):
+            if a != b:
+                break
+            common += 1
+        return len(ids) - min(common, len(ids) - 1)
+    text = fit_words(count, k, seed, prefix="next")
+    return turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": text}]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-token overhead profile
+# --------------------------------------------------------------------------------------------
+def _per_call_us(fn, n: int, repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(n)
+        best = min(best, time.perf_counter() - t0)
+    return best / n * 1e6
+
+
+def overhead_profile(kiln, messages: list[dict], gen_ids: list[int], tg_step_s: float | None,
+                     n_vocab: int) -> dict:
+    """kiln's own work, timed in isolation: per turn and per generated token."""
+    from llama_cpp import llama_token_data
+
+    from runtime.engine import _StopScanner
+
+    prof: dict = {}
+    t = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        kiln.prompt.encode(messages)
+        t.append(time.perf_counter() - t0)
+    prof["prompt_build_ms"] = round(statistics.median(t) * 1e3, 3)
+    t = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        kiln.prompt.render(messages)
+        t.append(time.perf_counter() - t0)
+    prof["template_render_ms"] = round(statistics.median(t) * 1e3, 3)
+
+    # real text pieces (the generated ids of a random model are mostly padding with no text)
+    real = [i for i in kiln.prompt.encode(messages) if kiln._piece(i)] or [0]
+    gen = gen_ids or real
+    pieces_gen = [kiln._piece(i) for i in gen]
+    pieces_real = [kiln._piece(i) for i in real]
+    prof["generated_pieces_with_text"] = sum(1 for p in pieces_gen if p)
+    prof["generated_pieces"] = len(pieces_gen)
+
+    def piece_loop(n):
+        for j in range(n):
+            kiln._piece(real[j % len(real)])
+    prof["token_to_piece_us"] = round(_per_call_us(piece_loop, 2000), 2)
+
+    def decode_loop(n):
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for j in range(n):
+            dec.decode(pieces_real[j % len(pieces_real)])
+    prof["utf8_decode_us"] = round(_per_call_us(decode_loop, 2000), 2)
+
+    texts = [p.decode("utf-8", "replace") for p in pieces_real]
+
+    def scan(stops):
+        def loop(n):
+            sc = _StopScanner(stops)
+            for j in range(n):
+                sc.feed(texts[j % len(texts)])
+        return loop
+    prof["stop_scan_model_us"] = round(_per_call_us(scan(kiln.meta.stop_strings), 2000), 2)
+    prof["stop_scan_llmjp_us"] = round(_per_call_us(scan([LLMJP_STOP]), 2000), 2)
+
+    # the logits processor path of llama-cpp-python 0.3.x (_init_sampler's apply_func), with
+    # kiln's ban function: what a family with banned ids costs per token
+    arr = (llama_token_data * n_vocab)()
+    banned = np.array([0])
+
+    def ban(_input_ids, scores):
+        scores[banned] = -np.inf
+        return scores
+
+    def processor_loop(n):
+        for _ in range(n):
+            rec = np.recarray(shape=(n_vocab,), dtype=np.dtype(
+                [("id", np.intc), ("logit", np.single), ("p", np.single)], align=True),
+                buf=(llama_token_data * n_vocab).from_address(ctypes.addressof(arr)))
+            rec.logit[:] = ban(None, rec.logit)
+    prof["logits_processor_us"] = round(_per_call_us(processor_loop, 50), 2)
+
+    per_token = prof["token_to_piece_us"] + prof["utf8_decode_us"] + prof["stop_scan_model_us"]
+    prof["kiln_per_token_us_this_model"] = round(per_token, 2)
+    prof["kiln_per_token_us_llmjp_stops"] = round(per_token - prof["stop_scan_model_us"]
+                                                 + prof["stop_scan_llmjp_us"], 2)
+    prof["kiln_per_token_us_with_banned_ids"] = round(per_token + prof["logits_processor_us"], 2)
+    if tg_step_s:
+        step_us = tg_step_s * 1e6
+        prof["tg_step_us"] = round(step_us, 1)
+        for key in ("kiln_per_token_us_this_model", "kiln_per_token_us_llmjp_stops",
+                    "kiln_per_token_us_with_banned_ids"):
+            prof[key.replace("_us_", "_share_of_tg_step_")] = round(prof[key] / step_us, 5)
+    return prof
+
+
+def cprofile_turn(kiln, messages, max_tokens, sampling, top: int = 15) -> str:
+    kiln.reset()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in kiln.chat(messages, stream=True, max_tokens=max_tokens, **sampling):
+        pass
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+def _med(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _spread(values) -> float | None:
+    vals = [v for v in values if v]
+    return (max(vals) / min(vals) - 1) if len(vals) > 1 else None
+
+
+def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dict]:
+    rows = []
+    for q in qtypes:
+        for tool in tools:
+            mine = [r for r in runs if r["type"] == q and r["tool"] == tool and not r.get("error")]
+            if tool == "llama-bench":
+                pp = [row["avg_ts"] for r in mine for row in r.get("rows", [])
+                      if row["n_prompt"] and not row["n_gen"]]
+                tg = [row["avg_ts"] for r in mine for row in r.get("rows", [])
+                      if row["n_gen"] and not row["n_prompt"]]
+            else:
+                pp = [r["pp_tps"] for r in mine]
+                tg = [r["tg_tps"] for r in mine]
+            if not pp and not tg:
+                rows.append({"type": q, "tool": tool, "runs": len(mine), "error": "no result"})
+                continue
+            row = {"type": q, "tool": tool, "runs": len(mine),
+                   "pp_tps": _r(_med(pp)), "tg_tps": _r(_med(tg)),
+                   "pp_tps_all": [_r(v) for v in pp], "tg_tps_all": [_r(v) for v in tg],
+                   "pp_spread": _r(_spread(pp), 3), "tg_spread": _r(_spread(tg), 3)}
+            if tool != "llama-bench":
+                row["ttft_s"] = _r(_med(r["ttft_s"] for r in mine), 4)
+                row["gen_s"] = _r(_med(r["gen_s"] for r in mine), 4)
+                row["busy_cores"] = _r(_med(r["busy_cores"] for r in mine), 2)
+            if tool == "kiln":
+                row["ttft_internal_s"] = _r(_med(r["ttft_internal_s"] for r in mine), 4)
+                row["prompt_build_s"] = _r(_med(r["ttft_s"] - r["ttft_internal_s"]
+                                                for r in mine), 5)
+            rows.append(row)
+    return rows
+
+
+def _r(v, nd: int = 2):
+    return None if v is None else round(v, nd)
+
+
+def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
+    """kiln / bare from the medians, and the median of the per-repeat (paired) ratios."""
+    out = []
+    for q in qtypes:
+        k = next((r for r in rows if r["type"] == q and r["tool"] == "kiln"), None)
+        b = next((r for r in rows if r["type"] == q and r["tool"] == "bare"), None)
+        if not k or not b or "pp_tps" not in k or "pp_tps" not in b:
+            continue
+        entry: dict = {"type": q, "target": TARGET_RATIO}
+        for m in ("pp", "tg"):
+            kv, bv = k[f"{m}_tps"], b[f"{m}_tps"]
+            entry[m] = round(kv / bv, 3) if kv and bv else None
+            paired = []
+            for rep in sorted({r["rep"] for r in runs if r["type"] == q}):
+                kr = next((r for r in runs if r["type"] == q and r["rep"] == rep
+                           and r["tool"] == "kiln"), None)
+                br = next((r for r in runs if r["type"] == q and r["rep"] == rep
+                           and r["tool"] == "bare"), None)
+                if kr and br and kr.get(f"{m}_tps") and br.get(f"{m}_tps"):
+                    paired.append(kr[f"{m}_tps"] / br[f"{m}_tps"])
+            entry[f"{m}_paired"] = _r(_med(paired), 3)
+            entry[f"{m}_paired_all"] = [round(p, 3) for p in paired]
+            entry[f"{m}_pass"] = None if entry[m] is None else entry[m] >= TARGET_RATIO
+        out.append(entry)
+    return out
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def _f(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_tables(rows, rat, second, notes, args) -> None:
+    print()
+    print(f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, "
+          f"{args.threads} threads, median of {args.repeat}")
+    head = (f"{'type':<5} {'tool':<11} {'pp t/s':>8} {'tg t/s':>8} {'TTFT s':>8} "
+            f"{'kiln/bare pp':>13} {'kiln/bare tg':>13}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['type']:<5} {r['tool']:<11} {'FAILED':>8}  {r['error']}")
+            continue
+        ra = next((e for e in rat if e["type"] == r["type"]), None)
+        pp_ratio = tg_ratio = ""
+        if r["tool"] == "kiln" and ra:
+            pp_ratio = f"{_f(ra['pp'], '.3f')} {verdict(ra['pp_pass'])}"
+            tg_ratio = f"{_f(ra['tg'], '.3f')} {verdict(ra['tg_pass'])}"
+        print(f"{r['type']:<5} {r['tool']:<11} {_f(r['pp_tps'], '8.1f'):>8} "
+              f"{_f(r['tg_tps'], '8.2f'):>8} {_f(r.get('ttft_s'), '8.3f'):>8} "
+              f"{pp_ratio:>13} {tg_ratio:>13}")
+    if rat:
+        print(f"target: kiln/bare >= {TARGET_RATIO} for pp and tg (ratio of medians; "
+              "paired per-repeat medians: " + ", ".join(
+                  f"{e['type']} pp {_f(e['pp_paired'], '.3f')} tg {_f(e['tg_paired'], '.3f')}"
+                  for e in rat) + ")")
+    if second:
+        print()
+        print("second turn: time to first token after a first turn, K new tokens "
+              "(warm = KV cache reused, cold = same full prompt from an empty cache)")
+        head = (f"{'type':<5} {'K':>4} {'prompt':>6} {'evaluated':>9} {'kiln warm s':>11} "
+                f"{'bare warm s':>11} {'kiln cold s':>11} {'warm/cold':>9} "
+                f"{'ms/new tok':>10}")
+        print(head)
+        print("-" * len(head))
+        for s in second:
+            print(f"{s['type']:<5} {s['k']:>4} {_f(s['prompt_tokens'], 'd'):>6} "
+                  f"{_f(s['kiln_evaluated_tokens'], 'd'):>9} "
+                  f"{_f(s['kiln_warm_ttft_s'], '.3f'):>11} {_f(s['bare_warm_ttft_s'], '.3f'):>11} "
+                  f"{_f(s['kiln_cold_ttft_s'], '.3f'):>11} {_f(s['warm_over_cold'], '.3f'):>9} "
+                  f"{_f(s['kiln_warm_ms_per_new_token'], '.1f'):>10}")
+    print()
+    for n in notes:
+        print(f"note: {n}")
+
+
+def machine_info(threads: int) -> dict:
+    import llama_cpp
+
+    from runtime.device import physical_cores
+
+    info = bc.machine_info()
+    info["versions"]["llama_cpp_python"] = llama_cpp.__version__
+    info["llama_system_info"] = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    info["physical_cores"] = physical_cores()
+    info["threads"] = threads
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from runtime.device import default_threads
+
+    p = argparse.ArgumentParser(
+        prog="bench_runtime.py",
+        description=__doc__.split("\n\n", 1)[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--types", default="q4_0,q8_0", metavar="LIST",
+                   help="comma-separated quantizations to convert to and measure "
+                        "(default: %(default)s)")
+    p.add_argument("--prompt-tokens", type=int, default=256, metavar="N",
+                   help="prompt length in tokens, template and BOS included (default: %(default)s)")
+    p.add_argument("--gen-tokens", type=int, default=64, metavar="M",
+                   help="tokens generated per run (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, metavar="R",
+                   help="interleaved runs per (type, tool); medians reported (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=default_threads(), metavar="T",
+                   help="threads for every tool (default: physical cores, %(default)s here)")
+    p.add_argument("--ctx", type=int, default=None, metavar="N",
+                   help="context size for kiln and bare (default: kiln's, min(model, 4096))")
+    p.add_argument("--second-turn", default="16,64,256", metavar="LIST",
+                   help="K values: new tokens of the second turn; empty to skip (default: "
+                        "%(default)s)")
+    p.add_argument("--turn1-tokens", type=int, default=16, metavar="N",
+                   help="tokens answered in the first turn before the second (default: "
+                        "%(default)s)")
+    p.add_argument("--llama-bench", type=Path, metavar="PATH",
+                   help="llama.cpp's llama-bench executable: measured too when given")
+    p.add_argument("--model-dir", type=Path, metavar="DIR",
+                   help="the checkpoint to make or reuse (default: bench_out/llm-jp-3-1.8b-shape, "
+                        "or ...-quick with --quick)")
+    p.add_argument("--gguf-dir", type=Path, metavar="DIR",
+                   help="where the converted GGUFs are cached (default: bench_out/runtime)")
+    p.add_argument("--json-out", type=Path, metavar="FILE",
+                   help="where to write the results (default: bench_out/bench_runtime.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run on bench_convert's 4-layer checkpoint (~0.7 GiB)")
+    p.add_argument("--reconvert", action="store_true",
+                   help="convert again even when a cached GGUF of this checkpoint exists")
+    p.add_argument("--profile", action="store_true",
+                   help="also print a cProfile of one kiln turn per type (top functions)")
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 2 when a kiln/bare ratio is below the target")
+    args = p.parse_args(argv)
+    args.json_out = args.json_out or BENCH_OUT / "bench_runtime.json"
+    args.gguf_dir = args.gguf_dir or BENCH_OUT / "runtime"
+    for name in ("prompt_tokens", "gen_tokens", "repeat", "threads", "turn1_tokens"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.gen_tokens < 2:
+        p.error("--gen-tokens must be at least 2 (tg needs a token after the first)")
+    try:
+        args.ks = [int(k) for k in args.second_turn.split(",") if k.strip()]
+    except ValueError:
+        p.error(f"--second-turn {args.second_turn!r}: a comma-separated list of integers")
+    if any(k < 1 for k in args.ks):
+        p.error("--second-turn values must be at least 1")
+    if args.llama_bench is not None:
+        args.llama_bench = args.llama_bench.resolve()
+        if not os.access(args.llama_bench, os.X_OK):
+            p.error(f"--llama-bench {args.llama_bench}: not an executable")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    shape = bc.QUICK if args.quick else bc.FULL
+    model_dir = (args.model_dir or BENCH_OUT / shape.name).resolve()
+    ck_info = bc.make_checkpoint(model_dir, shape)
+    qtypes = [q.strip().lower() for q in args.types.split(",") if q.strip()]
+    tools = ["kiln", "bare"] + (["llama-bench"] if args.llama_bench else [])
+    machine = machine_info(args.threads)
+    # temperature 0 = llama.cpp's greedy sampler (top_k / top_p unused); penalty 1 = off
+    sampling = {"temperature": 0.0, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.0}
+
+    ggufs = {q: ensure_gguf(model_dir, q, args.gguf_dir.resolve(), args.reconvert) for q in qtypes}
+    runs: list[dict] = []
+    second: list[dict] = []
+    setups: dict = {}
+    profiles: dict = {}
+    cprofiles: dict = {}
+    failures: list[str] = []
+
+    for q in qtypes:
+        gguf = ggufs[q][0]
+        print(f"\n== {q}: {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB), "
+              f"{args.threads} threads", flush=True)
+        t0 = time.perf_counter()
+        kiln, bare = load_pair(gguf, args.threads, args.ctx)
+        load_s = time.perf_counter() - t0
+        setup = {"load_both_s": round(load_s, 2), "kiln_llama": llama_params(kiln.llm),
+                 "bare_llama": llama_params(bare),
+                 "family": kiln.meta.family, "tokenizer": kiln.meta.tokenizer,
+                 "eos_ids": sorted(kiln.eos_ids), "stop_strings": kiln.meta.stop_strings,
+                 "banned_ids": kiln.meta.banned_ids, "n_vocab": bare.n_vocab()}
+        setups[q] = setup
+        print(f"  loaded both in {load_s:.1f} s; choosing a {args.prompt_tokens}-token prompt "
+              f"that runs {args.gen_tokens} tokens without stopping (bare warm-up)", flush=True)
+        messages, ids, probe_tokens, tried = choose_prompt(kiln, bare, args.prompt_tokens,
+                                                           args.gen_tokens, sampling)
+        setup["prompt_tries"] = tried
+        setup["prompt_ids"] = len(ids)
+        setup["probe_tokens_head"] = probe_tokens[:16]
+        warm = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True)  # kiln warm-up
+        setup["warmup_kiln_tokens_match"] = warm["token_ids"] == probe_tokens[:-1]
+        print(f"  warm-up: kiln {warm['generated_tokens']} tokens ({warm['finish_reason']}), "
+              f"same ids as bare: {setup['warmup_kiln_tokens_match']}", flush=True)
+
+        for rep in range(args.repeat):
+            order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
+            if args.llama_bench:
+                order.append("llama-bench")
+            for tool in order:
+                if tool == "kiln":
+                    r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True)
+                    r["tokens_match_bare"] = r["token_ids"] == probe_tokens[:-1]
+                    if r["generated_tokens"] != args.gen_tokens or r["finish_reason"] != "length":
+                        r["error"] = (f"kiln generated {r['generated_tokens']} tokens "
+                                      f"({r['finish_reason']}), not {args.gen_tokens}")
+                    del r["token_ids"], r["text"]
+                elif tool == "bare":
+                    r = run_bare(bare, ids, args.gen_tokens, sampling, reset=True)
+                    r["tokens_match_probe"] = r["tokens"] == probe_tokens
+                    del r["tokens"]
+                else:
+                    pp = run_llama_bench(args.llama_bench, gguf,
+                                         ["-p", str(args.prompt_tokens), "-n", "0"], args.threads)
+                    tg = run_llama_bench(args.llama_bench, gguf,
+                                         ["-p", "0", "-n", str(args.gen_tokens), "-d",
+                                          str(args.prompt_tokens)], args.threads)
+                    r = {"tool": "llama-bench", "loadavg_1m": pp["loadavg_1m"],
+                         "rows": pp.get("rows", []) + tg.get("rows", []),
+                         "cmds": [pp["cmd"], tg["cmd"]]}
+                    errs = [x["error"] for x in (pp, tg) if x.get("error")]
+                    if errs:
+                        r["error"] = " | ".join(errs)
+                r |= {"type": q, "rep": rep}
+                runs.append(r)
+                if r.get("error"):
+                    failures.append(f"{q} {tool} #{rep + 1}: {r['error']}")
+                if tool == "llama-bench":
+                    got = {("pp" if row["n_prompt"] else "tg"): row["avg_ts"]
+                           for row in r.get("rows", [])}
+                    print(f"  [{q} #{rep + 1} llama-bench] pp {_f(got.get('pp'), '.1f')} t/s, "
+                          f"tg {_f(got.get('tg'), '.2f')} t/s"
+                          + (f"  ERROR {r['error'][:300]}" if r.get("error") else ""), flush=True)
+                else:
+                    print(f"  [{q} #{rep + 1} {tool:<4}] TTFT {r['ttft_s']:.3f} s -> pp "
+                          f"{_f(r['pp_tps'], '.1f')} t/s; {r['generated_tokens']} tokens in "
+                          f"{r['gen_s']:.3f} s -> tg {_f(r['tg_tps'], '.2f')} t/s; busy cores "
+                          f"{r['busy_cores']:.2f}, load {r['loadavg_1m']:.2f}"
+                          + (f"  ERROR {r['error']}" if r.get("error") else ""), flush=True)
+
+        kiln_tg = [r for r in runs if r["type"] == q and r["tool"] == "kiln" and r.get("tg_tps")]
+        step = statistics.median(1 / r["tg_tps"] for r in kiln_tg) if kiln_tg else None
+        profiles[q] = overhead_profile(kiln, messages, probe_tokens, step, bare.n_vocab())
+        if args.profile:
+            cprofiles[q] = cprofile_turn(kiln, messages, args.gen_tokens, sampling)
+            print(cprofiles[q])
+
+        # second turn
+        if args.ks:
+            t1 = run_kiln(kiln, messages, args.turn1_tokens, sampling, reset=True)
+            answer = t1["text"]
+            cache = kiln.llm._input_ids[: kiln.llm.n_tokens].tolist()
+            for k in args.ks:
+                msgs2 = second_turn_messages(kiln, messages, answer, k, cache, seed=2000 + k)
+                ids2 = kiln.prompt.encode(msgs2)
+                per = {"kiln_warm": [], "bare_warm": [], "kiln_cold": []}
+                for rep in range(args.repeat):
+                    order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
+                    for tool in order:
+                        if tool == "kiln":
+                            first = run_kiln(kiln, messages, args.turn1_tokens, sampling,
+                                             reset=True)
+                            w = run_kiln(kiln, msgs2, 1, sampling, reset=False)
+                            c = run_kiln(kiln, msgs2, 1, sampling, reset=True)
+                            for name, r in (("kiln_warm", w), ("kiln_cold", c)):
+                                r.pop("token_ids"), r.pop("text")
+                                r |= {"type": q, "rep": rep, "k": k, "turn": name,
+                                      "turn1_answer_same": first["text"] == answer}
+                                per[name].append(r)
+                        else:
+                            run_bare(bare, ids, args.turn1_tokens, sampling, reset=True)
+                            w = run_bare(bare, ids2, 1, sampling, reset=False)
+                            w.pop("tokens")
+                            w |= {"type": q, "rep": rep, "k": k, "turn": "bare_warm"}
+                            per["bare_warm"].append(w)
+                kw, bw, kc = (_med(r["ttft_s"] for r in per[n])
+                              for n in ("kiln_warm", "bare_warm", "kiln_cold"))
+                ev = per["kiln_warm"][0]["evaluated_tokens"]
+                row = {"type": q, "k": k, "prompt_tokens": len(ids2),
+                       "kiln_evaluated_tokens": ev,
+                       "bare_evaluated_tokens": per["bare_warm"][0]["evaluated_tokens"],
+                       "cold_evaluated_tokens": per["kiln_cold"][0]["evaluated_tokens"],
+                       "kiln_warm_ttft_s": _r(kw, 4), "bare_warm_ttft_s": _r(bw, 4),
+                       "kiln_cold_ttft_s": _r(kc, 4),
+                       "kiln_over_bare_warm_ttft": _r(kw / bw, 3) if kw and bw else None,
+                       "warm_over_cold": _r(kw / kc, 3) if kw and kc else None,
+                       "kiln_warm_ms_per_new_token": _r(kw / ev * 1e3, 2) if kw and ev else None,
+                       "kiln_cold_ms_per_prompt_token": _r(kc / len(ids2) * 1e3, 2) if kc else None,
+                       "runs": [{kk: v for kk, v in r.items()} for n in per for r in per[n]]}
+                second.append(row)
+                print(f"  [{q} second turn K={k}] prompt {len(ids2)}, kiln evaluated {ev}: "
+                      f"warm {_f(kw, '.3f')} s (bare {_f(bw, '.3f')} s), cold {_f(kc, '.3f')} s",
+                      flush=True)
+        kiln.close()
+        bare.close()
+        del kiln, bare
+
+    machine["loadavg_end"] = list(os.getloadavg())
+    rows = summarize(runs, qtypes, tools)
+    rat = ratios(runs, rows, qtypes)
+    loads = [r["loadavg_1m"] for r in runs]
+    busy = [r["busy_cores"] for r in runs if "busy_cores" in r]
+    notes = [
+        f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), {args.threads} threads for every "
+        f"tool; 1-minute load average {min(loads):.2f}..{max(loads):.2f} during the runs "
+        f"(start {machine['loadavg_start'][0]:.2f}, end {machine['loadavg_end'][0]:.2f}); "
+        f"busy cores per run {min(busy):.2f}..{max(busy):.2f}: a shared machine makes "
+        "timings noisy, compare interleaved ratios",
+        "pp t/s = prompt tokens / time to first token (kiln's includes its chat template and "
+        "tokenization); tg t/s = (tokens - 1) / time after the first token; greedy, "
+        "repetition penalty off, same prompt ids and same generated ids on both sides",
+        "the prompt is one chosen so that greedy decoding runs all tokens with no eos, banned "
+        "id or stop string; kiln runs unmodified",
+    ]
+    for q, s in setups.items():
+        kl, bl = s["kiln_llama"], s["bare_llama"]
+        if kl["n_threads_batch"] != bl["n_threads_batch"]:
+            notes.append(f"{q}: kiln's Llama has n_threads_batch={kl['n_threads_batch']} "
+                         f"(llama-cpp-python's default, all logical CPUs), bare "
+                         f"{bl['n_threads_batch']}: kiln passes only n_threads")
+    for q, p in profiles.items():
+        notes.append(
+            f"{q} per-token overhead of kiln (isolated): token->bytes {p['token_to_piece_us']} us, "
+            f"utf-8 decode {p['utf8_decode_us']} us, stop scan {p['stop_scan_model_us']} us "
+            f"(with llm-jp's stop string {p['stop_scan_llmjp_us']} us), logits processor when "
+            f"a family bans ids {p['logits_processor_us']} us; one tg step "
+            f"{_f(p.get('tg_step_us'), '.0f')} us; prompt build {p['prompt_build_ms']} ms per turn")
+    if args.llama_bench:
+        notes.append("llama-bench: pp = -p N -n 0 (depth 0), tg = -p 0 -n M -d N (after N tokens "
+                     "of context), -r 1 per repeat, its own build of llama.cpp")
+    print_tables(rows, rat, second, notes, args)
+
+    result = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv],
+        "checkpoint": {"dir": str(model_dir), "shape": ck_info["shape"],
+                       "n_params": ck_info["n_params"], "reused": ck_info["reused"]},
+        "ggufs": {q: {"path": str(g), **info} for q, (g, info) in ggufs.items()},
+        "machine": machine,
+        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
+                     "repeat": args.repeat, "threads": args.threads, "ctx": args.ctx,
+                     "second_turn_k": args.ks, "turn1_tokens": args.turn1_tokens,
+                     "sampling": sampling, "llama_bench": str(args.llama_bench or "") or None},
+        "target_kiln_over_bare_min": TARGET_RATIO,
+        "setup": setups,
+        "results": rows,
+        "ratios_kiln_over_bare": rat,
+        "second_turn": second,
+        "overhead_profile": profiles,
+        "cprofile": cprofiles or None,
+        "runs": runs,
+        "failures": failures,
+        "notes": notes,
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.json_out}")
+    if failures:
+        for f in failures:
+            print(f"FAILED: {f}")
+        return 1
+    if args.check and any(e.get("pp_pass") is False or e.get("tg_pass") is False for e in rat):
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
