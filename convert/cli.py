@@ -23,6 +23,31 @@ def default_output(src: Path, quant: str) -> Path:
     return Path(f"{src.resolve().name}-{quant.lower()}.gguf")
 
 
+def _fetch_from_hub(spec: str, quiet: bool) -> tuple[Path, str]:
+    """SRC that is not a local path but a hub repo id: download what conversion needs."""
+    from . import hub
+
+    if not hub.looks_like_repo_id(spec):
+        raise KilnError(spec, "no such folder (give a checkpoint folder or a hub repo id "
+                              "such as llm-jp/llm-jp-3-1.8b)")
+    repo, revision = hub.parse_repo_spec(spec)
+    remote = hub.plan(repo, revision)
+    if remote.download_bytes and not quiet:
+        click.echo(f"downloading {repo}@{remote.commit[:7]}: {len(remote.files)} files, "
+                   f"{_size(remote.download_bytes)} (cache: {remote.cache_dir})", err=True)
+    bar = None
+    if remote.download_bytes and not quiet:
+        bar = click.progressbar(length=remote.download_bytes, label="download", file=sys.stderr,
+                                show_eta=True, width=30)
+        bar.__enter__()
+    try:
+        folder = hub.download(remote, progress=(lambda n, _name: bar.update(n)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    return folder, repo.split("/")[-1]
+
+
 @click.command("convert")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
@@ -33,7 +58,7 @@ def default_output(src: Path, quant: str) -> Path:
               help="Quantization threads (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar, only the final line.")
 def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None, quiet: bool) -> None:
-    """Convert the Hugging Face checkpoint folder SRC into one GGUF file.
+    """Convert the Hugging Face checkpoint SRC (a folder or a hub repo id) into one GGUF file.
 
     Tensors are streamed a few rows at a time, so memory use does not grow with model size.
     Norms and other 1-D tensors stay F32; rows that cannot be block-quantized fall back to F16.
@@ -43,11 +68,15 @@ def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None, qu
     Examples:
       kiln convert ./llm-jp-3-1.8b -o llm-jp-3-1.8b-q8_0.gguf --quant q8_0
       kiln convert ./RakutenAI-7B-instruct --quant Q4_0
+      kiln convert llm-jp/llm-jp-3.1-1.8b-instruct4 --quant q8_0   # download, then convert
     """
     from .pipeline import convert  # heavy imports only when used
     from .quants import parse_quant
 
     qtype = parse_quant(quant)
+    if not src.exists():
+        src, name = _fetch_from_hub(str(src), quiet)
+        out = out or Path(f"{name}-{qtype.name.lower()}.gguf")
     out = out or default_output(src, qtype.name)
     bar_state: dict = {}
 

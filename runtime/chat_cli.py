@@ -56,7 +56,10 @@ def resolve(model: str) -> Path:
         from .store import resolve_model
     except ImportError:
         raise KilnError(model, "no such GGUF file") from None
-    return resolve_model(model, confirm=_confirm_download)
+    from .store_cli import ClickProgress
+
+    return resolve_model(model, confirm=_confirm_download, progress=ClickProgress(),
+                         on_status=lambda message: click.echo(message, err=True))
 
 
 def _confirm_download(message: str) -> bool:
@@ -81,7 +84,8 @@ def _settings(o: dict):
 def run_cmd(model: str, prompt: str | None, as_json: bool, **o) -> None:
     """Answer one PROMPT (or standard input) with MODEL and print the answer.
 
-    MODEL is a GGUF file. The prompt is wrapped in the model family's chat format.
+    MODEL is a GGUF file, a store name (see kiln list) or a hub repo id (downloaded and
+    converted on first use). The prompt is wrapped in the model family's chat format.
     """
     if prompt is None:
         if sys.stdin.isatty():
@@ -118,7 +122,8 @@ Ctrl-C stops an answer and keeps the session."""
 def chat_cmd(model: str, **o) -> None:
     """Chat with MODEL interactively, streaming its answers.
 
-    MODEL is a GGUF file. Type /help for commands.
+    MODEL is a GGUF file, a store name (see kiln list) or a hub repo id (downloaded and
+    converted on first use). Type /help for commands.
     """
     chat = _load(model, o)
     system = o["system"]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
 from convert import __version__
 from convert.cli import convert_cmd, inspect_cmd, run_cli
 
-from . import chat_cli
+from . import chat_cli, store_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,10 +23,12 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(convert_cmd)
 cli.add_command(inspect_cmd)
-for _cmd in chat_cli.COMMANDS:
+for _cmd in chat_cli.COMMANDS + store_cli.COMMANDS:
     cli.add_command(_cmd)
 
 
 
 def main(argv: list[str] | None = None) -> None:
+    # huggingface-hub otherwise phones home once a day when building request headers
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     run_cli(cli, argv)

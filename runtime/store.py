@@ -418,7 +418,7 @@ class Store:
         the store. An entry already made from the same commit is returned as it is."""
         from convert.quants import parse_quant
 
-        from . import hub
+        from convert import hub
 
         quant = parse_quant(quant).name.lower()
         progress = progress or NullProgress()
@@ -513,7 +513,7 @@ def resolve_model(spec: str, *, quant: str = DEFAULT_QUANT,
             raise KilnError(path, "not a GGUF file")
         return path
     store = store or Store()
-    from . import hub
+    from convert import hub
 
     body, quant_tag = _split_quant(spec)
     want = quant_tag or quant.lower()

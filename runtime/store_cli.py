@@ -89,7 +89,7 @@ def pull_cmd(repo_id: str, quant: str, name: str | None, threads: int | None, qu
       kiln pull core42/jais-30b-chat-v1 --quant q4_0
       kiln pull owner/model@v1.0 --name model-v1
     """
-    from . import hub
+    from convert import hub
 
     store = Store()
     repo, revision = hub.parse_repo_spec(repo_id)

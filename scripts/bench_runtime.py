@@ -77,7 +77,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import cProfile
-import ctypes
 import hashlib
 import io
 import json
@@ -378,11 +377,9 @@ def _per_call_us(fn, n: int, repeat: int = 5) -> float:
     return best / n * 1e6
 
 
-def overhead_profile(kiln, messages: list[dict], gen_ids: list[int], tg_step_s: float | None,
-                     n_vocab: int) -> dict:
+def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
+                     tg_step_s: float | None) -> dict:
     """kiln's own work, timed in isolation: per turn and per generated token."""
-    from llama_cpp import llama_token_data
-
     from runtime.engine import _StopScanner
 
     prof: dict = {}
@@ -429,22 +426,37 @@ def overhead_profile(kiln, messages: list[dict], gen_ids: list[int], tg_step_s: 
     prof["stop_scan_model_us"] = round(_per_call_us(scan(kiln.meta.stop_strings), 2000), 2)
     prof["stop_scan_llmjp_us"] = round(_per_call_us(scan([LLMJP_STOP]), 2000), 2)
 
-    # the logits processor path of llama-cpp-python 0.3.x (_init_sampler's apply_func), with
-    # kiln's ban function: what a family with banned ids costs per token
-    arr = (llama_token_data * n_vocab)()
+    # the logits processor: kiln adds one (its ban function) for families with banned ids;
+    # llama-cpp-python runs it as a custom sampler that calls back into Python once per token.
+    # Timed through real samplers on the last logits of `bare`: greedy alone vs the same
+    # chain with kiln's processor (as kiln builds it, banning one id).
+    from llama_cpp import LogitsProcessorList
+
     banned = np.array([0])
 
     def ban(_input_ids, scores):
         scores[banned] = -np.inf
         return scores
 
-    def processor_loop(n):
-        for _ in range(n):
-            rec = np.recarray(shape=(n_vocab,), dtype=np.dtype(
-                [("id", np.intc), ("logit", np.single), ("p", np.single)], align=True),
-                buf=(llama_token_data * n_vocab).from_address(ctypes.addressof(arr)))
-            rec.logit[:] = ban(None, rec.logit)
-    prof["logits_processor_us"] = round(_per_call_us(processor_loop, 50), 2)
+    plain = bare._init_sampler(temp=0.0, repeat_penalty=1.0, min_p=0.0)
+    with_proc = bare._init_sampler(temp=0.0, repeat_penalty=1.0, min_p=0.0,
+                                   logits_processor=LogitsProcessorList([ban]))
+
+    def sample_loop(sampler):
+        def loop(n):
+            for _ in range(n):
+                sampler.sample(bare._ctx, -1)
+        return loop
+    best = {"plain": float("inf"), "proc": float("inf")}
+    for _ in range(15):   # alternated, best of 15 batches of 100 calls each
+        best["plain"] = min(best["plain"], _per_call_us(sample_loop(plain), 100, repeat=1))
+        best["proc"] = min(best["proc"], _per_call_us(sample_loop(with_proc), 100, repeat=1))
+    prof["greedy_sample_us"] = round(best["plain"], 2)
+    prof["greedy_sample_with_processor_us"] = round(best["proc"], 2)
+    prof["logits_processor_us"] = round(prof["greedy_sample_with_processor_us"]
+                                        - prof["greedy_sample_us"], 2)
+    plain.close()
+    with_proc.close()
 
     per_token = prof["token_to_piece_us"] + prof["utf8_decode_us"] + prof["stop_scan_model_us"]
     prof["kiln_per_token_us_this_model"] = round(per_token, 2)
@@ -772,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
 
         kiln_tg = [r for r in runs if r["type"] == q and r["tool"] == "kiln" and r.get("tg_tps")]
         step = statistics.median(1 / r["tg_tps"] for r in kiln_tg) if kiln_tg else None
-        profiles[q] = overhead_profile(kiln, messages, probe_tokens, step, bare.n_vocab())
+        profiles[q] = overhead_profile(kiln, bare, messages, probe_tokens, step)
         if args.profile:
             cprofiles[q] = cprofile_turn(kiln, messages, args.gen_tokens, sampling)
             print(cprofiles[q])

@@ -793,3 +793,29 @@ def test_refusals(checkpoints, tmp_path, capsys, patch, words):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "config.json" in line and words in line, line
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_default_softmax_scale_and_embedding_fraction_accepted(checkpoints, tmp_path):
+    """softmax_scale spelled out at its default, and a training-only embedding_fraction, convert."""
+    model_dir, _, _ = checkpoints("hf-clip-qkv")
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["attn_config"]["softmax_scale"] = 1 / math.sqrt(cfg["d_model"] // cfg["n_heads"])
+    cfg["embedding_fraction"] = 0.1
+    (d / "config.json").write_text(json.dumps(cfg))
+    kiln("convert", d, "-o", tmp_path / "o.gguf", "--quant", "f16")
+    assert (tmp_path / "o.gguf").is_file()
+
+
+def test_foreign_gguf_recognized():
+    """An mpt GGUF named Alaya made by another tool gets kiln's Alaya knowledge; other MPTs not."""
+    from convert.families import family_for_gguf
+    from convert.families.alaya import ALAYA_TEMPLATE, AlayaFamily
+
+    assert family_for_gguf("mpt", "Alaya-7B-Chat") is AlayaFamily
+    assert family_for_gguf("mpt", "mpt-7b-chat") is None
+    fam = AlayaFamily.for_gguf()
+    assert fam.chat_template(None) == ALAYA_TEMPLATE and fam.banned_ids() == [3]
+    assert fam.stop_strings() == ["### Instruction"]
+    assert fam.sampling_defaults() == {"temperature": 1.0, "top_p": 0.9, "repeat_penalty": 1.0}

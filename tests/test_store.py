@@ -501,7 +501,7 @@ def test_names_cannot_escape_the_store(bad, tmp_path, hub):
 @pytest.mark.parametrize("bad", ["acme/../etc", "../acme/x", "a/b/c", "acme/x@../../y", "acme/",
                                  "/acme/x", "acme/x y", "acme--x/y"])
 def test_bad_repo_ids_and_quant_tags(bad):
-    from runtime.hub import parse_repo_spec
+    from convert.hub import parse_repo_spec
 
     with pytest.raises(KilnError):
         parse_repo_spec(bad)
@@ -531,9 +531,7 @@ def test_default_home(monkeypatch, tmp_path):
 def test_kiln_run_repo_id_then_network_refused(hub, monkeypatch, capsys):
     """`kiln run REPO_ID`: pulled and converted on first use, then served with no network."""
     pytest.importorskip("llama_cpp")
-    cli = pytest.importorskip("runtime.cli").cli
-    if "run" not in cli.commands:
-        pytest.skip("no `kiln run` command yet")
+    from runtime.cli import cli
 
     def run() -> dict:
         try:
@@ -552,3 +550,18 @@ def test_kiln_run_repo_id_then_network_refused(hub, monkeypatch, capsys):
     offline = run()
     for again in (refused, offline):
         assert (again["text"], again["prompt_tokens"]) == (first["text"], first["prompt_tokens"])
+
+
+def test_kiln_convert_repo_id(hub, tmp_path, monkeypatch):
+    """`kiln convert REPO_ID -o OUT`: downloads what conversion needs, then converts."""
+    from convert.gguf_info import read_info
+    from runtime.cli import cli
+
+    out = tmp_path / "from-hub.gguf"
+    try:
+        run_cli(cli, ["convert", REPO, "-o", str(out), "--quant", "q8_0", "--quiet"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert read_info(out)["metadata"]["general.file_type"] == 7
+    assert Counter(hub.fetched(REPO))["model.safetensors"] == 1
+    assert not any(name.endswith(".py") for name in hub.fetched(REPO))

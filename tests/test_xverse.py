@@ -490,3 +490,15 @@ def test_refusals(checkpoints, tmp_path, capsys, patch, words):
     line = _fails(capsys, "convert", bad, "-o", out, "--quant", "f32")
     assert "config.json" in line and words in line
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_foreign_gguf_recognized():
+    """A GGUF of arch xverse made by another tool gets kiln's XVERSE chat knowledge."""
+    from convert.families import family_for_gguf
+    from convert.families.xverse import CHAT_TEMPLATE, XverseFamily
+
+    fam = family_for_gguf("xverse", "XVERSE-13B-Chat")
+    assert fam is XverseFamily
+    inst = fam.for_gguf()
+    assert inst.chat_template(None) == CHAT_TEMPLATE
+    assert inst.stop_strings() == ["Human:"] and inst.sampling_defaults() == {}
