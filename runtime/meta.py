@@ -20,6 +20,10 @@ from convert.families import family_for_gguf
 log = logging.getLogger(__name__)
 
 CONTROL, USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
+UNKNOWN = int(gguf.TokenType.UNKNOWN)
+# Token types llama.cpp matches in raw text when parsing specials (llama-vocab.cpp builds its
+# special-token cache from CONTROL | USER_DEFINED | UNKNOWN): "<unk>" in a message is one too.
+PARSED_TYPES = (CONTROL, USER_DEFINED, UNKNOWN)
 
 # Last resort for a model with no template at all: plain text turns.
 PLAIN_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
@@ -42,6 +46,9 @@ class ModelMeta:
     context_length: int
     tokenizer: str                      # "native" or "huggingface"
     special_texts: list[str] = field(default_factory=list)  # texts llama.cpp parses as tokens
+    # llama.cpp puts a space in front of the text (SentencePiece-style vocab) and its detokenizer
+    # takes one leading space off again: decoding must do the same to give the text back.
+    add_space_prefix: bool = False
     token_texts: dict[int, str] = field(default_factory=dict)  # only specials, for templates
     hf_json: str | None = None
 
@@ -75,7 +82,8 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
     name = get("general.name", "") or path.stem
     tokens = get("tokenizer.ggml.tokens", [])
     types = get("tokenizer.ggml.token_type", [])
-    specials = {i: t for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)}
+    specials = {i: t for i, (t, ty) in enumerate(zip(tokens, types)) if ty in PARSED_TYPES}
+    model = get("tokenizer.ggml.model", "")
     bos, eos = get("tokenizer.ggml.bos_token_id"), get("tokenizer.ggml.eos_token_id")
     meta = ModelMeta(
         path=path, arch=arch, name=name, family=get("kiln.family"),
@@ -89,6 +97,9 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
         context_length=int(get(f"{arch}.context_length", 2048)),
         tokenizer=get("kiln.tokenizer", "native"),
         special_texts=sorted({t for t in specials.values() if t}, key=len, reverse=True),
+        # llama.cpp: true by default for SPM / UGM vocabularies, always false for BPE
+        add_space_prefix=(model in ("llama", "t5")
+                          and bool(get("tokenizer.ggml.add_space_prefix", True))),
         token_texts=specials,
         hf_json=get("tokenizer.huggingface.json"),
     )

@@ -59,8 +59,11 @@ def test_missing_config(capsys, model, tmp_path):
 
 def test_not_a_folder(capsys, tmp_path):
     out = tmp_path / "o.gguf"
+    (tmp_path / "file").write_text("x")
+    line2 = fails(capsys, "convert", tmp_path / "file", "-o", out)
+    assert "file" in line2 and "not a folder" in line2
     line = fails(capsys, "convert", tmp_path / "nope", "-o", out)
-    assert "nope" in line and "not a folder" in line
+    assert "nope" in line and "no such folder" in line
 
 
 def test_unknown_architecture_lists_supported(capsys, model, tmp_path):

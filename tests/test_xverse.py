@@ -397,7 +397,8 @@ def test_nul_token_renamed_as_byte(converted, tmp_path):
 
 def _template_and_eos(path: Path) -> tuple[str, str]:
     md = gguf_fields(path)
-    return md["tokenizer.chat_template"], md["tokenizer.ggml.tokens"][md["tokenizer.ggml.eos_token_id"]]
+    eos = md["tokenizer.ggml.tokens"][md["tokenizer.ggml.eos_token_id"]]
+    return md["tokenizer.chat_template"], eos
 
 
 def _official() -> dict:

@@ -318,16 +318,19 @@ ALAYA_VOCAB = 60160    # README: vocabulary of 60160 (padded embedding)
 # writes; kiln appends that header as the generation prompt instead (the same tokens the model
 # was trained on, and nothing to strip). There is no system role: a system message is put at
 # the top of the first instruction, '{system}\n\n{user}', so the prompt keeps the only layout
-# the model was trained on (several system messages are joined with '\n\n').
+# the model was trained on (several system messages are joined with '\n\n'; with no user
+# message at all, the system text is the instruction).
 ALAYA_TEMPLATE = (
     "{% set ns = namespace(system='') %}"
     "{% for m in messages %}{% if m['role'] == 'system' %}"
     "{% set ns.system = ns.system + m['content'] + '\\n\\n' %}{% endif %}{% endfor %}"
     "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}{{ '### Instruction:\\t\\n' + ns.system + m['content'] + '\\n\\n' }}"
+    "{% if m['role'] == 'user' %}"
+    "{{ '### Instruction:\\t\\n' + ns.system + m['content'] + '\\n\\n' }}"
     "{% set ns.system = '' %}"
     "{% elif m['role'] == 'assistant' %}{{ '### Output:\\t\\n' + m['content'] + ' ' + eos_token }}"
     "{% endif %}{% endfor %}"
+    "{% if ns.system %}{{ '### Instruction:\\t\\n' + ns.system }}{% endif %}"
     "{% if add_generation_prompt %}{{ '### Output:\\t\\n' }}{% endif %}")
 
 ALAYA_SAMPLING = {"temperature": 1.0, "top_p": 0.9, "repeat_penalty": 1.0}   # api.py

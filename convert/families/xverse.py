@@ -13,6 +13,9 @@ What differs from plain Llama:
   "llama" with merge-rank scores (vocab.py). llama.cpp's own converter writes no scores at all, so
   its segmentation does not follow the merges. A token whose text is "\\x00" cannot live in a GGUF
   string list as llama.cpp reads it (C strings), so it becomes a BYTE token (see `_fix_nul`).
+  XVERSE's tokenizer.json is described as also splitting off punctuation and single digits before
+  BPE, which llama.cpp's SPM tokenizer cannot do: then `kiln.tokenizer` = "huggingface" tells the
+  runtime to tokenize with the embedded tokenizer.json (see `exact_tokenizer`).
 * Chat: `modeling_xverse.py::_build_chat_input`: 'Human: {user}\\n\\n' per user turn, earlier
   answers 'Assistant: {answer}' + eos (id 3), 'Assistant: ' to generate. No BOS.
 """
@@ -146,16 +149,14 @@ def _fix_nul(vocab: Vocab) -> None:
     vocab also has a "<0x00>" byte piece (never produced by HF, since NUL is a vocab character),
     that one takes llama.cpp's converter spelling "<b'\\x00'>", which still decodes to byte 0.
     """
-    try:
+    if "\x00" in vocab.tokens:
         nul = vocab.tokens.index("\x00")
-    except ValueError:
-        return
-    if NUL_BYTE_TEXT in vocab.tokens:
-        other = vocab.tokens.index(NUL_BYTE_TEXT)
-        vocab.tokens[other] = NUL_ALT_TEXT
-        vocab.types[other] = T_BYTE
-    vocab.tokens[nul] = NUL_BYTE_TEXT
-    vocab.types[nul] = T_BYTE
+        if NUL_BYTE_TEXT in vocab.tokens:
+            other = vocab.tokens.index(NUL_BYTE_TEXT)
+            vocab.tokens[other] = NUL_ALT_TEXT
+            vocab.types[other] = T_BYTE
+        vocab.tokens[nul] = NUL_BYTE_TEXT
+        vocab.types[nul] = T_BYTE
     for i, t in enumerate(vocab.tokens):
         if "\x00" in t:
             log.warning("token %d %r contains a NUL character; llama.cpp will cut it there", i, t)
