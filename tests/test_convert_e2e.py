@@ -101,6 +101,7 @@ def test_tolerance_catches_wrong_qk_layout(checkpoints, tmp_path, monkeypatch):
     out = _converted_with(monkeypatch, model_dir, tmp_path / "bad.gguf", lambda m: m.setattr(
         llama_mod, "rope_permutation", lambda n_rows, n_head: np.arange(n_rows)))
     stats = compare(ref, llama_cpp_logits(out, IDS))
+    print("mistake caught:", stats)
     assert stats["max_rel"] > 20 * TOL["f32"], stats
 
 
@@ -122,6 +123,7 @@ def test_tolerance_catches_dropped_norm(checkpoints, tmp_path, monkeypatch):
     out = _converted_with(monkeypatch, model_dir, tmp_path / "bad.gguf",
                           lambda m: m.setattr(LlamaFamily, "tensors", without_norm))
     stats = compare(ref, llama_cpp_logits(out, IDS))
+    print("mistake caught:", stats)
     assert stats["max_rel"] > 20 * TOL["f32"], stats
 
 
