@@ -121,13 +121,16 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, quant: str | Q = "f1
                 writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t), t.qtype)
             try:
                 writer.write_header_to_file(path=tmp)
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
             except OSError as exc:
                 raise _write_error(out, exc) from None
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
             _stream(writer, tensors, threads or os.cpu_count() or 1, progress, out)
-            writer.close()
-            os.replace(tmp, out)
+            try:
+                writer.close()
+                os.replace(tmp, out)
+            except OSError as exc:
+                raise _write_error(out, exc) from None
         except BaseException:
             try:
                 writer.close()

@@ -25,12 +25,28 @@ The three tokenizer.json kinds map as follows:
     creates it, so llama.cpp's highest-score-first bigram merging replays the BPE merge order
     (exact when every concatenation of two adjacent vocab pieces that is itself in the vocab is
     also a listed merge, true for SentencePiece-converted tokenizers; otherwise approximate).
-(c) Unigram                          -> "llama" with the unigram log-probs as scores.  llama.cpp
-    does greedy bigram merging, not Viterbi, so its segmentation is an approximation; the exact
-    tokenizer.json is embedded in `tokenizer.huggingface.json` for Python-side tokenization.
+(c) Unigram                          -> "llama".  llama.cpp does greedy bigram merging, not
+    Viterbi, so its segmentation is an approximation whatever the scores; `write_vocab` writes
+    `unigram_gain_scores` (the log-likelihood gain of each merge), which measures closest to
+    Hugging Face's Viterbi (real llm-jp-3 tokenizer, tests/tokenizer_corpus.py: 79% identical
+    lines vs 73% with the raw log-probs; 40-sentence Japanese prose 65% vs 53%).  `Vocab.scores`
+    keeps the log-probs (what a "t5"/UGM vocab needs).  The exact tokenizer.json is embedded in
+    `tokenizer.huggingface.json` for Python-side tokenization.
+
+    Not chosen: "t5" (llama.cpp's UGM, Viterbi over the same log-probs) is exact on prose but has
+    no byte fallback: every character outside the vocab, "\n" included for llm-jp, becomes <unk>.
+
+A `tokenizer.model` that llama.cpp's SPM tokenizer cannot follow (a normalization charsmap such as
+SentencePiece's default nmt_nfkc, remove_extra_whitespaces, Unigram) and that comes without a
+tokenizer.json gets an equivalent tokenizer.json built here (`sentencepiece_tokenizer_json`,
+checked id for id against sentencepiece in tests/test_tokenizer_parity.py) as
+`tokenizer.huggingface.json`, and its normalizer is recorded in the standard keys
+`tokenizer.ggml.precompiled_charsmap` / `tokenizer.ggml.remove_extra_whitespaces` (llama.cpp reads
+them for UGM vocabs only): kiln's runtime then tokenizes with the embedded tokenizer.json.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -78,6 +94,10 @@ class Vocab:
     chat_template: str | None
     hf_json: str | None             # raw tokenizer.json text when present
     n_real: int                     # tokens before padding
+    unigram: bool = False           # scores are Unigram log-probs (see write_vocab)
+    # SentencePiece normalizer llama.cpp's SPM tokenizer does not apply (written for the record)
+    precompiled_charsmap: bytes | None = None
+    remove_extra_whitespaces: bool | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,6 +402,8 @@ class _Built:
     with_scores: bool = True
     add_space_prefix: bool | None = None
     defaults: dict[str, int] = field(default_factory=dict)   # fallback special ids
+    unigram: bool = False
+    sp: SentencePieceModel | None = None                      # when read from tokenizer.model
 
 
 def _from_sentencepiece(sp: SentencePieceModel, path: Path) -> _Built:
@@ -404,7 +426,66 @@ def _from_sentencepiece(sp: SentencePieceModel, path: Path) -> _Built:
         if 0 <= idx < len(sp.pieces):
             defaults[key] = idx
     return _Built(model="llama", pre="default", toks=toks,
-                  add_space_prefix=sp.add_dummy_prefix, defaults=defaults)
+                  add_space_prefix=sp.add_dummy_prefix, defaults=defaults,
+                  unigram=kind == "unigram", sp=sp)
+
+
+def sentencepiece_tokenizer_json(sp: SentencePieceModel,
+                                 added: list[tuple[int, str, bool]] = ()) -> dict:
+    """A tokenizer.json that tokenizes as SentencePiece does with this model (what transformers'
+    converters aim at, with SentencePiece's whitespace rules spelled out): the charsmap through
+    tokenizers' `Precompiled`, leading / trailing / repeated spaces removed when
+    remove_extra_whitespaces, spaces escaped, the dummy prefix; BPE merges ordered by the merged
+    piece's score (transformers' generate_merges) or the Unigram log-probs; byte fallback.
+    `added`: (id, content, special) of the added tokens beyond the model's own."""
+    pieces = sp.pieces
+    norm: list[dict] = []
+    if sp.precompiled_charsmap:
+        norm.append({"type": "Precompiled", "precompiled_charsmap":
+                     base64.b64encode(sp.precompiled_charsmap).decode("ascii")})
+    if sp.remove_extra_whitespaces:
+        norm.append({"type": "Replace", "pattern": {"Regex": "\\A +| +\\z"}, "content": ""})
+        norm.append({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "})
+    if sp.escape_whitespaces:
+        norm.append({"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK})
+    space = SPACE_MARK if sp.escape_whitespaces else " "
+    if sp.add_dummy_prefix and not sp.treat_whitespace_as_suffix:
+        norm.append({"type": "Prepend", "prepend": space})
+    unk = pieces[sp.unk_id][0] if 0 <= sp.unk_id < len(pieces) else None
+    if sp.model_type == 1:
+        model: dict = {"type": "Unigram", "unk_id": sp.unk_id if unk is not None else None,
+                       "vocab": [[p, float(score)] for p, score, _ in pieces],
+                       "byte_fallback": sp.byte_fallback}
+    else:
+        vocab = {p: i for i, (p, _, _) in enumerate(pieces)}
+        merges: list[tuple[str, str, float]] = []
+        for piece, score, _ in pieces:
+            local = [(piece[:k], piece[k:], score) for k in range(1, len(piece))
+                     if piece[:k] in vocab and piece[k:] in vocab]
+            merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+        model = {"type": "BPE", "dropout": None, "unk_token": unk,
+                 "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+                 "byte_fallback": sp.byte_fallback, "ignore_merges": False, "vocab": vocab,
+                 "merges": [[a, b] for a, b, _ in merges]}
+    tokens = [(i, p, ty != T_USER_DEFINED) for i, (p, _, ty) in enumerate(pieces)
+              if ty in (T_UNKNOWN, T_CONTROL, T_USER_DEFINED)]
+    seen = {i for i, _, _ in tokens}
+    tokens += [(i, c, special) for i, c, special in added if i not in seen]
+    decoders = [{"type": "Replace", "pattern": {"String": SPACE_MARK}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if sp.add_dummy_prefix and not sp.treat_whitespace_as_suffix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": c, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": special}
+                         for i, c, special in sorted(tokens)],
+        "normalizer": {"type": "Sequence", "normalizers": norm} if norm else None,
+        "pre_tokenizer": None, "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model,
+    }
 
 
 def _merge_pairs(merges: Any, path: Path) -> list[tuple[str, str]]:
@@ -548,7 +629,7 @@ def _from_tokenizer_json(tj: Any, path: Path) -> _Built:
             log.warning("%s: Unicode normalization in tokenizer.json is not applied by llama.cpp",
                         path)
         return _Built(model="llama", pre="default", toks=toks,
-                      add_space_prefix=bool(prefix), defaults=defaults)
+                      add_space_prefix=bool(prefix), defaults=defaults, unigram=True)
 
     raise KilnError(path, f"unsupported tokenizer model type {mtype!r} "
                           "(supported: BPE, Unigram)")
@@ -685,13 +766,16 @@ def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
 
     # ---- added tokens, least to most authoritative
     specials = _special_strings(tok_cfg, stm)
+    added: list[tuple[int, str, bool]] = []       # for a tokenizer.json built from the .model
     at_path = model_dir / "added_tokens.json"
     at = _read_json_opt(at_path)
     if at is not None:
         if not isinstance(at, dict):
             raise KilnError(at_path, "expected an object of token -> id")
-        _apply_added(built, [(int(i), str(c), str(c) in specials)
-                             for c, i in at.items() if isinstance(i, int)], str(at_path))
+        entries = [(int(i), str(c), str(c) in specials)
+                   for c, i in at.items() if isinstance(i, int)]
+        added += entries
+        _apply_added(built, entries, str(at_path))
     if tj is not None and isinstance(tj.get("added_tokens"), list):
         _apply_added(built, [(a["id"], a["content"], bool(a.get("special")))
                              for a in tj["added_tokens"]
@@ -707,6 +791,7 @@ def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
                 continue
             if isinstance(v, dict) and isinstance(v.get("content"), str):
                 entries.append((tid, v["content"], bool(v.get("special"))))
+        added += entries
         _apply_added(built, entries, str(model_dir / "tokenizer_config.json"))
 
     # ---- lay out ids 0..n_vocab-1
@@ -830,6 +915,20 @@ def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
         if add_space_prefix is None:
             add_space_prefix = False     # must be explicit: llama.cpp defaults to true for SPM
 
+    # ---- a SentencePiece model llama.cpp cannot follow and no tokenizer.json: build one
+    charsmap = remove_ws = None
+    sp_model = built.sp
+    if sp_model is not None and hf_json is None:
+        charsmap = sp_model.precompiled_charsmap or None
+        remove_ws = sp_model.remove_extra_whitespaces or None
+        if charsmap or remove_ws or built.unigram or sp_model.treat_whitespace_as_suffix:
+            merged: dict[int, tuple[int, str, bool]] = {}
+            for tid, content, special in added:
+                if 0 <= tid < n_vocab and content:
+                    merged[tid] = (tid, content, special or _looks_special(content))
+            hf_json = json.dumps(sentencepiece_tokenizer_json(sp_model, list(merged.values())),
+                                 ensure_ascii=False)
+
     return Vocab(
         model=built.model,
         pre=built.pre,
@@ -844,6 +943,9 @@ def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
         chat_template=_chat_template(model_dir, tok_cfg),
         hf_json=hf_json,
         n_real=n_real,
+        unigram=built.unigram,
+        precompiled_charsmap=charsmap,
+        remove_extra_whitespaces=remove_ws,
     )
 
 
@@ -853,7 +955,8 @@ def unigram_gain_scores(vocab: Vocab) -> list[float]:
     that merge, so llama.cpp's greedy highest-score-first merging hill-climbs the Unigram
     objective.  Closer to Hugging Face's Viterbi than raw log-probs (llm-jp-3: 24/35 vs 19/35
     identical sentences), still approximate.  Only for the "llama" model: the result is not a
-    log-prob, so do not use it with "t5" (UGM), which runs Viterbi on the scores.
+    log-prob, so do not use it with "t5" (UGM), which runs Viterbi on the scores.  `write_vocab`
+    applies it by itself to a "llama" vocab whose `unigram` flag is set.
     """
     if vocab.scores is None:
         raise ValueError("vocab has no scores")
@@ -885,7 +988,10 @@ def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
         writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     if vocab.scores is not None:
-        writer.add_token_scores([float(s) for s in vocab.scores])
+        # Unigram log-probs drive llama.cpp's greedy SPM merging best as merge gains (module doc)
+        scores = (unigram_gain_scores(vocab) if vocab.unigram and vocab.model == "llama"
+                  else vocab.scores)
+        writer.add_token_scores([float(s) for s in scores])
     writer.add_token_types([int(t) for t in vocab.types])
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
@@ -911,6 +1017,10 @@ def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
         writer.add_add_eos_token(vocab.add_eos)
     if vocab.add_space_prefix is not None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.precompiled_charsmap:
+        writer.add_precompiled_charsmap(vocab.precompiled_charsmap)
+    if vocab.remove_extra_whitespaces is not None:
+        writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
     if vocab.chat_template is not None:
         writer.add_chat_template(vocab.chat_template)
     if vocab.hf_json is not None:

@@ -20,7 +20,7 @@ from convert.errors import KilnError
 
 from .device import choose_gpu_layers, default_threads
 from .meta import ModelMeta, read_meta
-from .prompt import HFTokenizer, Message, NativeTokenizer, PromptBuilder
+from .prompt import Message, PromptBuilder, make_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,7 @@ class ChatModel:
                              verbose=verbose)
         except ValueError as exc:
             raise KilnError(model_path, f"llama.cpp could not load the model ({exc})") from None
-        if self.meta.tokenizer == "huggingface" and self.meta.hf_json:
-            tokenizer = HFTokenizer(self.meta.hf_json)
-        else:
-            tokenizer = NativeTokenizer(self.llm)
-        self.prompt = PromptBuilder(self.meta, tokenizer)
+        self.prompt = PromptBuilder(self.meta, make_tokenizer(self.meta, self.llm))
         self.eos_ids = set(self.meta.eos_ids) | ({self.meta.eos_id} if self.meta.eos_id is not None else set())
         self._lock = threading.Lock()
         self._cancel = threading.Event()

@@ -20,7 +20,7 @@ from convert.families import family_for_gguf
 log = logging.getLogger(__name__)
 
 CONTROL, USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
-UNKNOWN = int(gguf.TokenType.UNKNOWN)
+UNKNOWN, BYTE = int(gguf.TokenType.UNKNOWN), int(gguf.TokenType.BYTE)
 # Token types llama.cpp matches in raw text when parsing specials (llama-vocab.cpp builds its
 # special-token cache from CONTROL | USER_DEFINED | UNKNOWN): "<unk>" in a message is one too.
 PARSED_TYPES = (CONTROL, USER_DEFINED, UNKNOWN)
@@ -49,6 +49,8 @@ class ModelMeta:
     # llama.cpp puts a space in front of the text (SentencePiece-style vocab) and its detokenizer
     # takes one leading space off again: decoding must do the same to give the text back.
     add_space_prefix: bool = False
+    control_ids: frozenset[int] = frozenset()   # CONTROL and UNKNOWN: never from a user's text
+    byte_ids: dict[int, int] = field(default_factory=dict)  # byte value -> its "<0xXX>" token
     token_texts: dict[int, str] = field(default_factory=dict)  # only specials, for templates
     hf_json: str | None = None
 
@@ -95,12 +97,15 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
         sampling={k[len("kiln.sampling."):]: round(float(_value(f)), 6) for k, f in fields.items()
                   if k.startswith("kiln.sampling.")},
         context_length=int(get(f"{arch}.context_length", 2048)),
-        tokenizer=get("kiln.tokenizer", "native"),
+        tokenizer=get("kiln.tokenizer") or _tokenizer_kind(fields, get),
         special_texts=sorted({t for t in specials.values() if t}, key=len, reverse=True),
         # llama.cpp: true by default for SPM / UGM vocabularies, always false for BPE
         add_space_prefix=(model in ("llama", "t5")
                           and bool(get("tokenizer.ggml.add_space_prefix", True))),
         token_texts=specials,
+        control_ids=frozenset(i for i, ty in enumerate(types) if ty in (CONTROL, UNKNOWN)),
+        byte_ids={int(t[3:5], 16): i for i, (t, ty) in enumerate(zip(tokens, types))
+                  if ty == BYTE and len(t) == 6 and t.startswith("<0x") and t.endswith(">")},
         hf_json=get("tokenizer.huggingface.json"),
     )
     if bos is not None and bos < len(tokens):
@@ -113,6 +118,17 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
         log.warning("%s has no chat template; using plain text turns", path.name)
         meta.chat_template = PLAIN_TEMPLATE
     return meta
+
+
+def _tokenizer_kind(fields, get) -> str:
+    """Without kiln.tokenizer: "huggingface" when the GGUF records a SentencePiece normalizer that
+    llama.cpp's SPM tokenizer does not apply (kiln's converter writes these keys, and the
+    equivalent tokenizer.json, for such a tokenizer.model; see convert/vocab.py)."""
+    if (get("tokenizer.ggml.model") == "llama" and get("tokenizer.huggingface.json")
+            and ("tokenizer.ggml.precompiled_charsmap" in fields
+                 or get("tokenizer.ggml.remove_extra_whitespaces"))):
+        return "huggingface"
+    return "native"
 
 
 def _apply_family_knowledge(meta: ModelMeta) -> None:

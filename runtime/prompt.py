@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import json
 import logging
 import random
 import re
@@ -76,16 +77,46 @@ class PieceStream:
 
 
 class NativeTokenizer:
-    """llama.cpp's own tokenizer and detokenizer."""
+    """llama.cpp's own tokenizer and detokenizer.
 
-    def __init__(self, llm, add_space_prefix: bool = False):
+    With special=False llama.cpp does not parse control tokens, but its SentencePiece merging
+    looks every merged string up among all tokens, control ones included (llm_tokenizer_spm:
+    try_add_bigram / resegment check no type): with pieces "</" and "s>" in a vocab, a typed
+    "</s>" would come out as eos.  Given the GGUF's control ids and texts, such a token is
+    spelled out again as byte tokens (or one character at a time), so text stays text."""
+
+    def __init__(self, llm, add_space_prefix: bool = False,
+                 control_texts: dict[int, str] | None = None,
+                 byte_ids: dict[int, int] | None = None):
         self.llm = llm
         self.add_space_prefix = add_space_prefix
+        self.control_texts = control_texts or {}
+        self.byte_ids = byte_ids or {}
 
     def encode(self, text: str, special: bool) -> list[int]:
         if not text:
             return []
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        if not special and any(i in self.control_texts for i in ids):
+            ids = self._spell_out(ids)
+        return ids
+
+    def _spell_out(self, ids: list[int]) -> list[int]:
+        out: list[int] = []
+        for i in ids:
+            text = self.control_texts.get(i)
+            if not text:
+                out.append(i)
+            elif len(self.byte_ids) == 256:
+                out += [self.byte_ids[b] for b in text.encode("utf-8")]
+            elif not self.add_space_prefix:
+                for ch in text:
+                    out += self.llm.tokenize(ch.encode("utf-8"), add_bos=False, special=False)
+            else:
+                log.warning("token %d %r produced from plain text and cannot be spelled out", i,
+                            text)
+                out.append(i)
+        return out
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token, control tokens empty (llama-cpp-python's own helper
@@ -122,7 +153,7 @@ class HFStream:
         self._read = 0        # tokens before this are emitted
 
     def _text(self, a: int, b: int) -> str:
-        return self._tok.decode(self._ids[a:b], skip_special_tokens=True)
+        return self._tok.decode(self._ids[a:b])
 
     def feed(self, token: int) -> str:
         self._ids.append(token)
@@ -140,27 +171,98 @@ class HFStream:
         return now[len(before):]
 
 
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>\Z")
+
+
+def _text_only_json(tj: dict) -> tuple[dict, dict[int, list[int]] | None, int | None]:
+    """A copy of a tokenizer.json whose model can no longer produce a special token or a byte
+    piece from text that spells it, as SentencePiece (which never matches CONTROL or BYTE
+    pieces) and llama.cpp's special=False do.
+
+    Hugging Face's Unigram runs Viterbi over every vocab entry, specials and "<0xXX>" included,
+    so "</s>" or "<0x0A>" typed by a user can come out as eos or a newline byte when the
+    alternative pieces cost more (an unknown character does); its BPE applies any listed merge,
+    and SentencePiece-converted merge lists contain the ones that build "</s>" from "</" + "s>".
+    Here those entries are renamed out of reach (Unigram) or their merges dropped (BPE).
+    Returns (json, byte ids by byte value when byte fallback must be redone, unk id)."""
+    tj = json.loads(json.dumps(tj))
+    model = tj.get("model") or {}
+    special = {a["id"]: a["content"] for a in tj.get("added_tokens") or []
+               if isinstance(a, dict) and a.get("special") and isinstance(a.get("id"), int)}
+    fallback = bool(model.get("byte_fallback"))
+    if model.get("type") == "Unigram" and isinstance(model.get("vocab"), list):
+        hidden = "\U000F0000kiln-unreachable-" + "".join(random.choice("0123456789")
+                                                        for _ in range(16)) + "\U000F0001"
+        byte_ids: dict[int, list[int]] = {}
+        for i, entry in enumerate(model["vocab"]):
+            piece = entry[0]
+            if fallback and _BYTE_PIECE.match(piece):
+                byte_ids[int(piece[3:5], 16)] = [i]
+            elif i not in special:
+                continue
+            entry[0] = f"{hidden}{i}"
+        if fallback:
+            # redone by HFTokenizer from the unknown spans (the renamed pieces cannot be found)
+            model["byte_fallback"] = False
+            return tj, (byte_ids if len(byte_ids) == 256 else {}), model.get("unk_id")
+        return tj, None, None
+    if model.get("type") == "BPE" and isinstance(model.get("merges"), list):
+        vocab = model.get("vocab") or {}
+        unreachable = set(special.values())
+        if fallback:
+            unreachable |= {p for p in vocab if _BYTE_PIECE.match(p)}
+
+        def result(m) -> str:
+            a, b = m if isinstance(m, list) else m.split(" ", 1)
+            return a + b
+
+        model["merges"] = [m for m in model["merges"] if result(m) not in unreachable]
+    return tj, None, None
+
+
 class HFTokenizer:
-    """The model's own tokenizer.json through `tokenizers`, where llama.cpp's differs."""
+    """The model's own tokenizer.json through `tokenizers`, where llama.cpp's differs.
+
+    `special=True` parses the added tokens (for the template's own text); `special=False` is
+    text as text: added special tokens are not split out (encode_special_tokens) and, unlike
+    Hugging Face's own models, spelled-out specials and byte pieces are never produced (see
+    `_text_only_json`); on ordinary text the ids are Hugging Face's either way."""
 
     def __init__(self, hf_json: str):
         from tokenizers import Tokenizer as _Tok
 
         self.parse = _Tok.from_str(hf_json)
-        self.plain = _Tok.from_str(hf_json)
+        tj = json.loads(hf_json)
+        safe, self._byte_ids, self._unk = _text_only_json(tj)
+        # (renamed Unigram entries would renumber the added tokens: this one never parses them)
+        self.plain = _Tok.from_str(json.dumps(safe))
         self.plain.encode_special_tokens = True  # specials in the text stay text
+        self.special_ids = {a["id"] for a in tj.get("added_tokens") or []
+                            if isinstance(a, dict) and a.get("special")}
 
     def encode(self, text: str, special: bool) -> list[int]:
         if not text:
             return []
-        tok = self.parse if special else self.plain
-        return tok.encode(text, add_special_tokens=False).ids
+        if special:
+            return self.parse.encode(text, add_special_tokens=False).ids
+        enc = self.plain.encode(text, add_special_tokens=False)
+        if not self._byte_ids:
+            return enc.ids
+        ids: list[int] = []
+        for tid, piece in zip(enc.ids, enc.tokens):
+            if tid == self._unk and piece:  # an unknown span: its UTF-8 bytes, as HF's fallback
+                ids += [b for byte in piece.encode("utf-8") for b in self._byte_ids[byte]]
+            else:
+                ids.append(tid)
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.parse.decode(list(ids), skip_special_tokens=True)
+        """The text of `ids`; special tokens (by id, not by text) left out."""
+        return self.parse.decode([i for i in ids if i not in self.special_ids],
+                                 skip_special_tokens=False)
 
     def stream(self) -> HFStream:
-        return HFStream(self.parse)
+        return HFStream(self)
 
 
 def make_tokenizer(meta: ModelMeta, llm) -> NativeTokenizer | HFTokenizer:
@@ -168,7 +270,9 @@ def make_tokenizer(meta: ModelMeta, llm) -> NativeTokenizer | HFTokenizer:
     marked llama.cpp's as inexact (`kiln.tokenizer` = "huggingface"), else llama.cpp's."""
     if meta.tokenizer == "huggingface" and meta.hf_json:
         return HFTokenizer(meta.hf_json)
-    return NativeTokenizer(llm, add_space_prefix=meta.add_space_prefix)
+    return NativeTokenizer(llm, add_space_prefix=meta.add_space_prefix,
+                           control_texts={i: meta.token_texts.get(i, "") for i in meta.control_ids},
+                           byte_ids=meta.byte_ids)
 
 
 # -------------------------------------------------------------------------------- prompts
@@ -195,6 +299,9 @@ class PromptBuilder:
         self._special_re = (re.compile("|".join(re.escape(s) for s in
                                                 sorted(specials, key=len, reverse=True)))
                             if specials else None)
+        # contents that spell a special token or a byte token take the text-safe path
+        self._risky_re = re.compile("|".join([r"<0x[0-9A-Fa-f]{2}>"]
+                                             + ([self._special_re.pattern] if specials else [])))
         self._special_ids: dict[str, int | None] = {}
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
@@ -210,7 +317,8 @@ class PromptBuilder:
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
         text = self.render(messages)
-        risky = [i for i, m in enumerate(messages) if self.has_special_text(m.get("content") or "")]
+        risky = [i for i, m in enumerate(messages)
+                 if self._risky_re.search(m.get("content") or "")]
         if not risky:
             ids = self.tokenizer.encode(text, True)
         else:
@@ -246,7 +354,7 @@ class PromptBuilder:
                 run += chunk
                 continue
             pos = 0
-            for m in self._special_re.finditer(chunk):
+            for m in (self._special_re.finditer(chunk) if self._special_re else ()):
                 run += chunk[pos:m.start()]
                 if self._special_id(m.group()) is None:   # not one token after all: text
                     run += m.group()

@@ -51,7 +51,7 @@ What it does, in order:
 
 5. With --llama-bench PATH: llama.cpp's own llama-bench on the same GGUF, interleaved with the
    other runs: `-p N -n 0` (pp at depth 0) and `-p 0 -n M -d N` (tg after N tokens of context,
-   like the other tools), with -t THREADS -b 512 -ub 512 -fa 0 -r 1, once per repeat. Note that
+   like the other tools), with -t THREADS -b 512 -ub 512 -fa off -r 1, once per repeat. Note that
    llama-bench is its own build of llama.cpp (compile flags may differ from the Python wheel's).
 
 Prints two tables (type, tool, pp t/s, tg t/s, kiln/bare ratios with the target >= 0.97
@@ -222,18 +222,40 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset: bool) -> dict:
-    """One kiln turn, consumed as a client would; TTFT measured from the call of chat()."""
+def _faults() -> tuple[int, int]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_majflt, r.ru_nivcsw
+
+
+def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset: bool,
+             step_stamps: bool = False) -> dict:
+    """One kiln turn, consumed as a client would; TTFT measured from the call of chat().
+
+    step_stamps: also time every generation step, by wrapping the instance's _piece (called
+    once per generated token, as the token arrives; ~0.3 us added per token)."""
     if reset:
         kiln.reset()
+    stamps: list[float] = []
+    if step_stamps:
+        orig = kiln._piece
+
+        def stamped(tok, _orig=orig, _add=stamps.append, _now=time.perf_counter):
+            _add(_now())
+            return _orig(tok)
+        kiln._piece = stamped
     load = os.getloadavg()[0]
-    cpu0 = _cpu_s()
+    cpu0, flt0 = _cpu_s(), _faults()
     t0 = time.perf_counter()
     pieces = []
-    for piece in kiln.chat(messages, stream=True, max_tokens=max_tokens, **sampling):
-        pieces.append(piece)
-    t_end = time.perf_counter()
+    try:
+        for piece in kiln.chat(messages, stream=True, max_tokens=max_tokens, **sampling):
+            pieces.append(piece)
+    finally:
+        t_end = time.perf_counter()
+        if step_stamps:
+            del kiln._piece
     cpu = _cpu_s() - cpu0
+    flt = [b - a for a, b in zip(flt0, _faults())]
     s = kiln.last_stats
     n_prompt = s.prompt_tokens
     gen_ids = kiln.llm._input_ids[n_prompt:kiln.llm.n_tokens].tolist()
@@ -245,9 +267,22 @@ def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset:
         "wall_s": t_end - t0, "pp_tps": s.evaluated_tokens / ttft if ttft > 0 else None,
         "tg_tps": ((s.generated_tokens - 1) / s.generate_seconds
                    if s.generated_tokens > 1 and s.generate_seconds > 0 else None),
+        **_step_stats(stamps),
         "busy_cores": cpu / (t_end - t0), "loadavg_1m": load,
+        "major_faults": flt[0], "involuntary_switches": flt[1],
         "text": "".join(pieces), "token_ids": gen_ids,  # all but the last (never evaluated)
     }
+
+
+def _step_stats(stamps: list[float]) -> dict:
+    """Per-step times from token arrival stamps: the median step is robust to a few steps
+    slowed down by another process, where the total time is not."""
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    if not steps:
+        return {}
+    med = statistics.median(steps)
+    return {"step_median_s": med, "step_max_s": max(steps), "step_min_s": min(steps),
+            "tg_tps_median_step": 1 / med if med > 0 else None}
 
 
 def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
@@ -263,15 +298,17 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
             cached += 1
     evaluated = len(ids) - min(cached, len(ids) - 1)
     load = os.getloadavg()[0]
-    cpu0 = _cpu_s()
+    cpu0, flt0 = _cpu_s(), _faults()
     t0 = time.perf_counter()
     t1 = None
     tokens: list[int] = []
+    stamps: list[float] = []
     it = llm.generate(ids, top_k=sampling["top_k"], top_p=sampling["top_p"], min_p=0.0,
                       temp=sampling["temperature"], repeat_penalty=sampling["repeat_penalty"])
     for tok in it:
+        stamps.append(time.perf_counter())
         if t1 is None:
-            t1 = time.perf_counter()
+            t1 = stamps[0]
         if stop_ids and tok in stop_ids:
             break
         tokens.append(tok)
@@ -280,6 +317,7 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
     it.close()
     t_end = time.perf_counter()
     cpu = _cpu_s() - cpu0
+    flt = [b - a for a, b in zip(flt0, _faults())]
     t1 = t1 or t_end
     gen_s = t_end - t1
     return {
@@ -287,13 +325,15 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
         "generated_tokens": len(tokens), "ttft_s": t1 - t0, "gen_s": gen_s,
         "wall_s": t_end - t0, "pp_tps": evaluated / (t1 - t0) if t1 > t0 else None,
         "tg_tps": (len(tokens) - 1) / gen_s if len(tokens) > 1 and gen_s > 0 else None,
-        "busy_cores": cpu / (t_end - t0), "loadavg_1m": load, "tokens": tokens,
+        **_step_stats(stamps[: len(tokens)]),
+        "busy_cores": cpu / (t_end - t0), "loadavg_1m": load,
+        "major_faults": flt[0], "involuntary_switches": flt[1], "tokens": tokens,
     }
 
 
 def run_llama_bench(exe: Path, gguf: Path, args: list[str], threads: int) -> dict:
     cmd = [str(exe), "-m", str(gguf), *args, "-t", str(threads), "-b", "512", "-ub", "512",
-           "-fa", "0", "-r", "1", "-o", "json"]
+           "-fa", "off", "-r", "1", "-o", "json"]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -510,6 +550,7 @@ def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dic
             else:
                 pp = [r["pp_tps"] for r in mine]
                 tg = [r["tg_tps"] for r in mine]
+                tgm = [r.get("tg_tps_median_step") for r in mine]
             if not pp and not tg:
                 rows.append({"type": q, "tool": tool, "runs": len(mine), "error": "no result"})
                 continue
@@ -518,6 +559,7 @@ def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dic
                    "pp_tps_all": [_r(v) for v in pp], "tg_tps_all": [_r(v) for v in tg],
                    "pp_spread": _r(_spread(pp), 3), "tg_spread": _r(_spread(tg), 3)}
             if tool != "llama-bench":
+                row["tg_tps_median_step"] = _r(_med(tgm))
                 row["ttft_s"] = _r(_med(r["ttft_s"] for r in mine), 4)
                 row["gen_s"] = _r(_med(r["gen_s"] for r in mine), 4)
                 row["busy_cores"] = _r(_med(r["busy_cores"] for r in mine), 2)
@@ -542,8 +584,9 @@ def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
         if not k or not b or "pp_tps" not in k or "pp_tps" not in b:
             continue
         entry: dict = {"type": q, "target": TARGET_RATIO}
-        for m in ("pp", "tg"):
-            kv, bv = k[f"{m}_tps"], b[f"{m}_tps"]
+        for m in ("pp", "tg", "tg_median_step"):
+            key = "tg_tps_median_step" if m == "tg_median_step" else f"{m}_tps"
+            kv, bv = k.get(key), b.get(key)
             entry[m] = round(kv / bv, 3) if kv and bv else None
             paired = []
             for rep in sorted({r["rep"] for r in runs if r["type"] == q}):
@@ -551,11 +594,12 @@ def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
                            and r["tool"] == "kiln"), None)
                 br = next((r for r in runs if r["type"] == q and r["rep"] == rep
                            and r["tool"] == "bare"), None)
-                if kr and br and kr.get(f"{m}_tps") and br.get(f"{m}_tps"):
-                    paired.append(kr[f"{m}_tps"] / br[f"{m}_tps"])
+                if kr and br and kr.get(key) and br.get(key):
+                    paired.append(kr[key] / br[key])
             entry[f"{m}_paired"] = _r(_med(paired), 3)
             entry[f"{m}_paired_all"] = [round(p, 3) for p in paired]
-            entry[f"{m}_pass"] = None if entry[m] is None else entry[m] >= TARGET_RATIO
+            if m != "tg_median_step":
+                entry[f"{m}_pass"] = None if entry[m] is None else entry[m] >= TARGET_RATIO
         out.append(entry)
     return out
 
@@ -572,8 +616,8 @@ def print_tables(rows, rat, second, notes, args) -> None:
     print()
     print(f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, "
           f"{args.threads} threads, median of {args.repeat}")
-    head = (f"{'type':<5} {'tool':<11} {'pp t/s':>8} {'tg t/s':>8} {'TTFT s':>8} "
-            f"{'kiln/bare pp':>13} {'kiln/bare tg':>13}")
+    head = (f"{'type':<5} {'tool':<11} {'pp t/s':>8} {'tg t/s':>8} {'tg* t/s':>8} "
+            f"{'TTFT s':>7} {'kiln/bare pp':>13} {'kiln/bare tg':>13} {'tg*':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -581,18 +625,20 @@ def print_tables(rows, rat, second, notes, args) -> None:
             print(f"{r['type']:<5} {r['tool']:<11} {'FAILED':>8}  {r['error']}")
             continue
         ra = next((e for e in rat if e["type"] == r["type"]), None)
-        pp_ratio = tg_ratio = ""
+        pp_ratio = tg_ratio = tgm_ratio = ""
         if r["tool"] == "kiln" and ra:
             pp_ratio = f"{_f(ra['pp'], '.3f')} {verdict(ra['pp_pass'])}"
             tg_ratio = f"{_f(ra['tg'], '.3f')} {verdict(ra['tg_pass'])}"
-        print(f"{r['type']:<5} {r['tool']:<11} {_f(r['pp_tps'], '8.1f'):>8} "
-              f"{_f(r['tg_tps'], '8.2f'):>8} {_f(r.get('ttft_s'), '8.3f'):>8} "
-              f"{pp_ratio:>13} {tg_ratio:>13}")
+            tgm_ratio = _f(ra["tg_median_step"], ".3f")
+        print(f"{r['type']:<5} {r['tool']:<11} {_f(r['pp_tps'], '.1f'):>8} "
+              f"{_f(r['tg_tps'], '.2f'):>8} {_f(r.get('tg_tps_median_step'), '.2f'):>8} "
+              f"{_f(r.get('ttft_s'), '.3f'):>7} {pp_ratio:>13} {tg_ratio:>13} {tgm_ratio:>6}")
     if rat:
-        print(f"target: kiln/bare >= {TARGET_RATIO} for pp and tg (ratio of medians; "
-              "paired per-repeat medians: " + ", ".join(
-                  f"{e['type']} pp {_f(e['pp_paired'], '.3f')} tg {_f(e['tg_paired'], '.3f')}"
-                  for e in rat) + ")")
+        print(f"target: kiln/bare >= {TARGET_RATIO} for pp and tg (ratio of the medians). "
+              "tg* = 1 / median time of one generation step (robust to steps slowed by other "
+              "processes). Medians of the per-repeat kiln/bare ratios: " + "; ".join(
+                  f"{e['type']} pp {_f(e['pp_paired'], '.3f')}, tg {_f(e['tg_paired'], '.3f')}, "
+                  f"tg* {_f(e['tg_median_step_paired'], '.3f')}" for e in rat))
     if second:
         print()
         print("second turn: time to first token after a first turn, K new tokens "
@@ -608,6 +654,22 @@ def print_tables(rows, rat, second, notes, args) -> None:
                   f"{_f(s['kiln_warm_ttft_s'], '.3f'):>11} {_f(s['bare_warm_ttft_s'], '.3f'):>11} "
                   f"{_f(s['kiln_cold_ttft_s'], '.3f'):>11} {_f(s['warm_over_cold'], '.3f'):>9} "
                   f"{_f(s['kiln_warm_ms_per_new_token'], '.1f'):>10}")
+        for q in dict.fromkeys(s["type"] for s in second):
+            mine = sorted((s for s in second if s["type"] == q), key=lambda s: s["k"])
+            exact = all(s["kiln_evaluated_tokens"] == s["k"] for s in mine)
+            warm = [s["kiln_warm_ttft_s"] for s in mine]
+            grows = all(a is not None and b is not None and a < b
+                        for a, b in zip(warm, warm[1:]))
+            line = (f"{q}: kiln evaluated exactly K new tokens: {'yes' if exact else 'NO'}; "
+                    f"warm TTFT grows with K: {'yes' if grows else 'NO'}")
+            lo, hi = mine[0], mine[-1]
+            if len(mine) > 1 and lo["kiln_warm_ttft_s"] and hi["kiln_warm_ttft_s"]:
+                slope = ((hi["kiln_warm_ttft_s"] - lo["kiln_warm_ttft_s"])
+                         / (hi["kiln_evaluated_tokens"] - lo["kiln_evaluated_tokens"]) * 1e3)
+                line += (f"; slope {slope:.1f} ms per new token (K {lo['k']}->{hi['k']}) vs cold "
+                         f"{_f(hi['kiln_cold_ms_per_prompt_token'], '.1f')} ms per prompt token "
+                         f"for the {hi['prompt_tokens']}-token prompt")
+            print(line)
     print()
     for n in notes:
         print(f"note: {n}")
@@ -743,7 +805,8 @@ def main(argv: list[str] | None = None) -> int:
                 order.append("llama-bench")
             for tool in order:
                 if tool == "kiln":
-                    r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True)
+                    r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True,
+                                 step_stamps=True)
                     r["tokens_match_bare"] = r["token_ids"] == probe_tokens[:-1]
                     if r["generated_tokens"] != args.gen_tokens or r["finish_reason"] != "length":
                         r["error"] = (f"kiln generated {r['generated_tokens']} tokens "

@@ -126,8 +126,8 @@ INJECTIONS = [
 
 
 def _train() -> list[str]:
-    """Training text: the corpus minus rare_cjk, plus random sentences in every language so the
-    vocabularies have real words (and the specials-spelling pieces such as '</' and 's>')."""
+    """Training text: the corpus minus rare_cjk and specials, plus random sentences in every
+    language so the vocabularies have real words (and pieces such as '</' and '<|')."""
     rnd = random.Random(4)
     words = {
         "en": ("the quick brown fox jumps over lazy dog hello world how are you doing today model "
@@ -149,15 +149,16 @@ def _train() -> list[str]:
                "съешь же ещё этих мягких французских булок да выпей чаю").split(),
     }
     joiner = {"ja": "", "zh": ""}
-    out = [line for cat, line in CORPUS if cat != "rare_cjk" and line]
+    out = [line for cat, line in CORPUS if cat not in ("rare_cjk", "specials") and line]
     for i in range(900):
         lang = list(words)[i % len(words)]
         n = rnd.randint(3, 12)
         s = joiner.get(lang, " ").join(rnd.choice(words[lang]) for _ in range(n))
         s += rnd.choice([".", "。", "?", "!", "،", "", " 42", " ٣", ":"])
         out.append(s)
-    markup = ["</div>", "<s>", "</s>", "<p>", "</p>", "<b>", "s>", "</", "<|", "|>", "[|", "|]",
-              "###", "<0x", "0A>", "\n\n", "\t", "  ", "    "]
+    markup = ["</div>", "<p>", "</p>", "<b>", "s>", "</", "<|", "|>", "[|", "|]", "###", "<0x",
+              "0A>", "\n\n", "\t", "  ", "    ", "<pad>", "|AI", "Human:", "USER:", "end", "of",
+              "text"]
     for _ in range(200):
         out.append(" ".join(rnd.choice(markup + words["en"]) for _ in range(rnd.randint(3, 9))))
     return out
