@@ -8,10 +8,15 @@ What it does, in order:
    GGUFs are cached under bench_out/runtime/ (with a .json note of the checkpoint they came
    from) and reused by later runs; --reconvert makes them again.
 
-2. For each type, loads the GGUF twice in this process: once as kiln's ChatModel, once as a
-   bare `llama_cpp.Llama` with the very arguments kiln passes (n_ctx, n_batch 512, n_threads,
-   seed, GPU layers) plus n_threads_batch = the same thread count. Then, --repeat times,
-   interleaved (kiln first on even repeats, bare first on odd ones), each from an empty KV cache:
+2. For each type, loads the GGUF twice in this process: once as kiln's ChatModel (whose Llama
+   is instance A), once as a bare `llama_cpp.Llama` (instance B) with the very arguments kiln
+   passes (n_ctx, n_batch 512, n_threads, seed, GPU layers) plus n_threads_batch = the same
+   thread count. Two instances of the same model in one process need not run at quite the same
+   speed (on the 4-layer --quick model the first one loaded was ~1.3% slower in generation,
+   whatever code drove it), so each repeat runs both tools on both instances, kiln@A, bare@B, bare@A, kiln@B (the
+   reverse order on odd repeats; kiln is pointed at B by swapping its `llm` attribute for the
+   run): the medians are balanced, and kiln@X / bare@X compare code paths on the very same
+   instance. Each run starts from an empty KV cache:
      kiln: ChatModel.chat([user: PROMPT], stream=True, max_tokens=M, temperature=0,
            repeat_penalty=1) consumed to the end;
      bare: Llama.generate(SAME TOKEN IDS, temp=0, repeat_penalty=1, min_p=0), stopping after M.
@@ -42,23 +47,41 @@ What it does, in order:
    llama-cpp-python given the same ids after the same first turn. kiln's evaluated_tokens (prompt
    tokens actually run) is reported: it should be K, and warm TTFT should grow with K only.
 
-4. Per-token overhead profile: with the loaded model, times each part of kiln's per-token work
-   in isolation (token -> bytes, UTF-8 decoding, stop-string scanning, with and without a stop
-   string, on real vocabulary pieces), its per-turn work (chat template + tokenization), and the
-   cost of a logits processor as llama-cpp-python runs it (used by kiln only for families with
-   banned ids): what kiln adds per token, against the time of one generation step.
+4. Where kiln's time goes. In situ: eval() and sample() of kiln's Llama are timed (wrapped on
+   the instance) during a kiln turn and a bare turn; what is left of each generation step is
+   the Python around them (llama-cpp-python's generator, and kiln's loop: eos check, token ->
+   bytes, UTF-8 decoding, stop scan), so "kiln adds X us per token" is measured to the
+   microsecond instead of being read off 100 ms steps that vary by a few %. In isolation:
+   each part of kiln's per-token work (token -> bytes, UTF-8 decoding, stop-string scanning
+   with the model's stops and with llm-jp's, on real vocabulary pieces), its per-turn work
+   (chat template + tokenization), and a logits processor as llama-cpp-python runs it (kiln
+   adds one only for families with banned ids), timed through real samplers on real logits.
    --profile adds a cProfile of one kiln turn per type.
+
+   What this checkpoint does not exercise: its files never mention LLM-jp, so kiln converts it
+   as the plain "llama" family (native tokenizer, no stop strings, no banned ids), where the
+   real llm-jp-3-1.8b gets the llm-jp family (HF tokenizer, stop string "\n\n### 指示:").
+   And the random weights' greedy tokens are mostly vocabulary padding that decodes to no
+   text. The isolated timings above cover those paths with real pieces and llm-jp's stop.
 
 5. With --llama-bench PATH: llama.cpp's own llama-bench on the same GGUF, interleaved with the
    other runs: `-p N -n 0` (pp at depth 0) and `-p 0 -n M -d N` (tg after N tokens of context,
    like the other tools), with -t THREADS -b 512 -ub 512 -fa off -r 1, once per repeat. Note that
    llama-bench is its own build of llama.cpp (compile flags may differ from the Python wheel's).
 
+The verdict is the ratio of the medians (all 2 x --repeat runs of each tool); the table also
+shows the same-instance ratio (geometric mean of kiln@A/bare@A and kiln@B/bare@B, median over
+repeats), and tg* = 1 / median step time, which a few steps slowed by another process barely
+move.
+
 Prints two tables (type, tool, pp t/s, tg t/s, kiln/bare ratios with the target >= 0.97
 marked PASS/FAIL; and the second-turn table) and writes every number plus machine info to
 --json-out (default bench_out/bench_runtime.json).
 
-Noise: the numbers are medians of --repeat runs. On a small shared machine (2 cores here, and
+Noise: the numbers are medians of --repeat runs. A run during which this process got fewer
+than --busy-min x threads cores on average (CPU time / wall time; another process took a
+core, which slows llama.cpp's spinning threads down several times over) is marked disturbed,
+left out, and run again (--retries). On a small shared machine (2 cores here, and
 other people's tests may run at the same time) single runs can be off by 10-30%. Every run
 records the load average and this process's CPU time over its wall time (busy cores: well
 below --threads means we did not get the cores); the JSON keeps every run. Use --repeat 5 or
@@ -222,9 +245,29 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _faults() -> tuple[int, int]:
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _faults() -> tuple[float, ...]:
+    """Counters for a run: major faults, involuntary context switches, CPU seconds stolen by
+    the hypervisor, and CPU seconds all processes ran (from /proc/stat's cpu line; 0 if none)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_majflt, r.ru_nivcsw
+    steal = busy = 0.0
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / _HZ
+        steal = v[7] / _HZ
+    except (OSError, ValueError, IndexError):
+        pass
+    return r.ru_majflt, r.ru_nivcsw, steal, busy
+
+
+def _counters(before: tuple, cpu_s: float) -> dict:
+    d = [b - a for a, b in zip(before, _faults())]
+    return {"major_faults": int(d[0]), "involuntary_switches": int(d[1]),
+            "steal_s": round(d[2], 2), "other_cpu_s": round(max(d[3] - cpu_s, 0.0), 2)}
 
 
 def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset: bool,
@@ -255,7 +298,7 @@ def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset:
         if step_stamps:
             del kiln._piece
     cpu = _cpu_s() - cpu0
-    flt = [b - a for a, b in zip(flt0, _faults())]
+    counters = _counters(flt0, cpu)
     s = kiln.last_stats
     n_prompt = s.prompt_tokens
     gen_ids = kiln.llm._input_ids[n_prompt:kiln.llm.n_tokens].tolist()
@@ -269,7 +312,7 @@ def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset:
                    if s.generated_tokens > 1 and s.generate_seconds > 0 else None),
         **_step_stats(stamps),
         "busy_cores": cpu / (t_end - t0), "loadavg_1m": load,
-        "major_faults": flt[0], "involuntary_switches": flt[1],
+        **counters,
         "text": "".join(pieces), "token_ids": gen_ids,  # all but the last (never evaluated)
     }
 
@@ -317,7 +360,7 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
     it.close()
     t_end = time.perf_counter()
     cpu = _cpu_s() - cpu0
-    flt = [b - a for a, b in zip(flt0, _faults())]
+    counters = _counters(flt0, cpu)
     t1 = t1 or t_end
     gen_s = t_end - t1
     return {
@@ -327,7 +370,7 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
         "tg_tps": (len(tokens) - 1) / gen_s if len(tokens) > 1 and gen_s > 0 else None,
         **_step_stats(stamps[: len(tokens)]),
         "busy_cores": cpu / (t_end - t0), "loadavg_1m": load,
-        "major_faults": flt[0], "involuntary_switches": flt[1], "tokens": tokens,
+        **counters, "tokens": tokens,
     }
 
 
@@ -488,9 +531,9 @@ def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
                 sampler.sample(bare._ctx, -1)
         return loop
     best = {"plain": float("inf"), "proc": float("inf")}
-    for _ in range(15):   # alternated, best of 15 batches of 100 calls each
-        best["plain"] = min(best["plain"], _per_call_us(sample_loop(plain), 100, repeat=1))
-        best["proc"] = min(best["proc"], _per_call_us(sample_loop(with_proc), 100, repeat=1))
+    for _ in range(40):   # alternated, best of 40 batches of 50 calls each
+        best["plain"] = min(best["plain"], _per_call_us(sample_loop(plain), 50, repeat=1))
+        best["proc"] = min(best["proc"], _per_call_us(sample_loop(with_proc), 50, repeat=1))
     prof["greedy_sample_us"] = round(best["plain"], 2)
     prof["greedy_sample_with_processor_us"] = round(best["proc"], 2)
     prof["logits_processor_us"] = round(prof["greedy_sample_with_processor_us"]
@@ -512,6 +555,63 @@ def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
     return prof
 
 
+def in_situ_overhead(kiln, messages: list[dict], ids: list[int], gen_tokens: int,
+                     sampling: dict, repeat: int = 3) -> dict:
+    """Per generated token, the time spent outside llama-cpp-python's eval() and sample()
+    during generation, for kiln and for bare on kiln's own Llama instance.
+
+    eval (the decode) and sample are timed by wrapping them on the instance, so what remains of
+    each generation step is the Python around them: llama-cpp-python's generator, and for kiln
+    its own loop (eos check, token -> bytes, UTF-8 decoding, stop scan, yield). Unlike a whole
+    step (~100 ms, noisy by a few %), this isolates microseconds."""
+    llm = kiln.llm
+    calls: list[float] = []
+    orig_eval, orig_sample = llm.eval, llm.sample
+
+    def timed(fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                calls.append(time.perf_counter() - t0)
+        return wrapper
+
+    out: dict = {"kiln_us": [], "bare_us": [], "kiln_llama_us": [], "bare_llama_us": []}
+    llm.eval, llm.sample = timed(orig_eval), timed(orig_sample)
+    try:
+        for _ in range(repeat):
+            for tool in ("kiln", "bare"):
+                calls.clear()
+                if tool == "kiln":
+                    r = run_kiln(kiln, messages, gen_tokens, sampling, reset=True)
+                else:
+                    r = run_bare(llm, ids, gen_tokens, sampling, reset=True)
+                # calls: eval(prompt), sample, then (eval, sample) per later token
+                inside = sum(calls[2:])
+                n = r["generated_tokens"] - 1
+                if n > 0:
+                    out[f"{tool}_us"].append((r["gen_s"] - inside) / n * 1e6)
+                    out[f"{tool}_llama_us"].append(inside / n * 1e6)
+    finally:
+        del llm.eval, llm.sample
+    res = {"kiln_outside_llama_us_per_token": _r(_med(out["kiln_us"]), 1),
+           "bare_outside_llama_us_per_token": _r(_med(out["bare_us"]), 1),
+           "eval_plus_sample_us_per_token": _r(_med(out["kiln_llama_us"]
+                                                     + out["bare_llama_us"]), 0),
+           # the decode itself, driven by kiln or by bare: kiln's code should not slow it down
+           "kiln_eval_plus_sample_us_per_token": _r(_med(out["kiln_llama_us"]), 0),
+           "bare_eval_plus_sample_us_per_token": _r(_med(out["bare_llama_us"]), 0),
+           "raw": {k: [round(x, 1) for x in v] for k, v in out.items()}}
+    if res["kiln_outside_llama_us_per_token"] is not None and \
+            res["bare_outside_llama_us_per_token"] is not None:
+        extra = res["kiln_outside_llama_us_per_token"] - res["bare_outside_llama_us_per_token"]
+        res["kiln_extra_us_per_token"] = round(extra, 1)
+        if res["eval_plus_sample_us_per_token"]:
+            res["kiln_extra_share_of_step"] = round(extra / res["eval_plus_sample_us_per_token"], 5)
+    return res
+
+
 def cprofile_turn(kiln, messages, max_tokens, sampling, top: int = 15) -> str:
     kiln.reset()
     prof = cProfile.Profile()
@@ -527,6 +627,37 @@ def cprofile_turn(kiln, messages, max_tokens, sampling, top: int = 15) -> str:
 # --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
+def is_disturbed(r: dict, busy_min: float | None) -> bool:
+    """A run during which this process did not get its cores (another process took them):
+    with OpenMP threads spinning at barriers, that slows llama.cpp down several times over."""
+    return busy_min is not None and r.get("busy_cores") is not None and r["busy_cores"] < busy_min
+
+
+def _undisturbed(rs: list[dict]) -> list[dict]:
+    """Runs not disturbed; all of them if every one was (then the result says so)."""
+    good = [r for r in rs if not r.get("disturbed")]
+    return good or rs
+
+
+def print_run(r: dict) -> None:
+    q, tool, rep = r["type"], r["tool"], r["rep"]
+    tail = ""
+    if r.get("disturbed"):
+        tail = "  DISTURBED (busy cores below --busy-min): not counted, run again"
+    if r.get("error"):
+        tail += f"  ERROR {r['error'][:300]}"
+    if tool == "llama-bench":
+        got = {("pp" if row["n_prompt"] else "tg"): row["avg_ts"] for row in r.get("rows", [])}
+        print(f"  [{q} #{rep + 1} llama-bench] pp {_f(got.get('pp'), '.1f')} t/s, "
+              f"tg {_f(got.get('tg'), '.2f')} t/s{tail}", flush=True)
+        return
+    print(f"  [{q} #{rep + 1} {tool}@{r.get('llama', '')}] TTFT {r['ttft_s']:.3f} s -> pp {_f(r['pp_tps'], '.1f')} "
+          f"t/s; {r['generated_tokens']} tokens in {r['gen_s']:.3f} s -> tg "
+          f"{_f(r['tg_tps'], '.2f')} t/s (median step {_f(r.get('tg_tps_median_step'), '.2f')}); "
+          f"busy cores {r['busy_cores']:.2f}, other processes {r['other_cpu_s']:.1f} CPU s, "
+          f"steal {r['steal_s']:.1f} s, load {r['loadavg_1m']:.2f}{tail}", flush=True)
+
+
 def _med(values) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
@@ -541,7 +672,8 @@ def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dic
     rows = []
     for q in qtypes:
         for tool in tools:
-            mine = [r for r in runs if r["type"] == q and r["tool"] == tool and not r.get("error")]
+            every = [r for r in runs if r["type"] == q and r["tool"] == tool and not r.get("error")]
+            mine = _undisturbed(every)
             if tool == "llama-bench":
                 pp = [row["avg_ts"] for r in mine for row in r.get("rows", [])
                       if row["n_prompt"] and not row["n_gen"]]
@@ -555,6 +687,8 @@ def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dic
                 rows.append({"type": q, "tool": tool, "runs": len(mine), "error": "no result"})
                 continue
             row = {"type": q, "tool": tool, "runs": len(mine),
+                   "disturbed_runs": sum(1 for r in every if r.get("disturbed")),
+                   "only_disturbed_runs": bool(every) and all(r.get("disturbed") for r in every),
                    "pp_tps": _r(_med(pp)), "tg_tps": _r(_med(tg)),
                    "pp_tps_all": [_r(v) for v in pp], "tg_tps_all": [_r(v) for v in tg],
                    "pp_spread": _r(_spread(pp), 3), "tg_spread": _r(_spread(tg), 3)}
@@ -576,7 +710,8 @@ def _r(v, nd: int = 2):
 
 
 def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
-    """kiln / bare from the medians, and the median of the per-repeat (paired) ratios."""
+    """kiln / bare: ratio of the medians (the verdict), and the median over repeats of the
+    same-instance pairs, sqrt(kiln@A / bare@A * kiln@B / bare@B): code path against code path."""
     out = []
     for q in qtypes:
         k = next((r for r in rows if r["type"] == q and r["tool"] == "kiln"), None)
@@ -590,18 +725,34 @@ def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
             entry[m] = round(kv / bv, 3) if kv and bv else None
             paired = []
             for rep in sorted({r["rep"] for r in runs if r["type"] == q}):
-                kr = next((r for r in runs if r["type"] == q and r["rep"] == rep
-                           and r["tool"] == "kiln"), None)
-                br = next((r for r in runs if r["type"] == q and r["rep"] == rep
-                           and r["tool"] == "bare"), None)
-                if kr and br and kr.get(key) and br.get(key):
-                    paired.append(kr[key] / br[key])
+                prods = []
+                for inst in ("A", "B"):
+                    kr = _last([r for r in runs if r["type"] == q and r["rep"] == rep
+                                and r["tool"] == "kiln" and r.get("llama") == inst
+                                and not r.get("disturbed")])
+                    br = _last([r for r in runs if r["type"] == q and r["rep"] == rep
+                                and r["tool"] == "bare" and r.get("llama") == inst
+                                and not r.get("disturbed")])
+                    if kr and br and kr.get(key) and br.get(key):
+                        prods.append(kr[key] / br[key])
+                if prods:
+                    paired.append(float(np.prod(prods)) ** (1 / len(prods)))
             entry[f"{m}_paired"] = _r(_med(paired), 3)
-            entry[f"{m}_paired_all"] = [round(p, 3) for p in paired]
+            entry[f"{m}_paired_all"] = [round(p, 4) for p in paired]
             if m != "tg_median_step":
                 entry[f"{m}_pass"] = None if entry[m] is None else entry[m] >= TARGET_RATIO
+        for tool, row in (("kiln", k), ("bare", b)):
+            for inst in ("A", "B"):
+                mine = _undisturbed([r for r in runs if r["type"] == q and r["tool"] == tool
+                                     and r.get("llama") == inst and not r.get("error")])
+                entry[f"{tool}@{inst}_tg_tps_median_step"] = _r(
+                    _med(r.get("tg_tps_median_step") for r in mine), 3)
         out.append(entry)
     return out
+
+
+def _last(rs: list[dict]) -> dict | None:
+    return rs[-1] if rs else None
 
 
 def verdict(ok: bool | None) -> str:
@@ -636,9 +787,15 @@ def print_tables(rows, rat, second, notes, args) -> None:
     if rat:
         print(f"target: kiln/bare >= {TARGET_RATIO} for pp and tg (ratio of the medians). "
               "tg* = 1 / median time of one generation step (robust to steps slowed by other "
-              "processes). Medians of the per-repeat kiln/bare ratios: " + "; ".join(
+              "processes). Same-instance kiln/bare (geometric mean of kiln@A/bare@A and "
+              "kiln@B/bare@B, median over repeats): " + "; ".join(
                   f"{e['type']} pp {_f(e['pp_paired'], '.3f')}, tg {_f(e['tg_paired'], '.3f')}, "
                   f"tg* {_f(e['tg_median_step_paired'], '.3f')}" for e in rat))
+    for e in rat:
+        print(f"{e['type']} tg* by instance: kiln@A {_f(e['kiln@A_tg_tps_median_step'], '.2f')}, "
+              f"bare@A {_f(e['bare@A_tg_tps_median_step'], '.2f')}, kiln@B "
+              f"{_f(e['kiln@B_tg_tps_median_step'], '.2f')}, bare@B "
+              f"{_f(e['bare@B_tg_tps_median_step'], '.2f')} t/s")
     if second:
         print()
         print("second turn: time to first token after a first turn, K new tokens "
@@ -706,7 +863,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gen-tokens", type=int, default=64, metavar="M",
                    help="tokens generated per run (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3, metavar="R",
-                   help="interleaved runs per (type, tool); medians reported (default: %(default)s)")
+                   help="interleaved repeats per type, each running kiln and bare once on each of "
+                        "the two Llama instances; medians reported (default: %(default)s)")
     p.add_argument("--threads", type=int, default=default_threads(), metavar="T",
                    help="threads for every tool (default: physical cores, %(default)s here)")
     p.add_argument("--ctx", type=int, default=None, metavar="N",
@@ -717,6 +875,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--turn1-tokens", type=int, default=16, metavar="N",
                    help="tokens answered in the first turn before the second (default: "
                         "%(default)s)")
+    p.add_argument("--busy-min", type=float, default=0.9, metavar="FRACTION",
+                   help="a CPU run whose process used fewer than FRACTION x threads cores on "
+                        "average (another process took them) is marked disturbed, left out of "
+                        "the medians and run again; 0 turns this off (default: %(default)s)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="runs again a disturbed run at most N times (default: %(default)s)")
     p.add_argument("--llama-bench", type=Path, metavar="PATH",
                    help="llama.cpp's llama-bench executable: measured too when given")
     p.add_argument("--model-dir", type=Path, metavar="DIR",
@@ -799,55 +963,64 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  warm-up: kiln {warm['generated_tokens']} tokens ({warm['finish_reason']}), "
               f"same ids as bare: {setup['warmup_kiln_tokens_match']}", flush=True)
 
+        busy_min = (args.busy_min * min(args.threads, machine["usable_cpus"] or args.threads)
+                    if args.busy_min and kiln.gpu_layers == 0 else None)
+        setup["busy_min"] = busy_min
+        own = {"A": kiln.llm, "B": bare}
         for rep in range(args.repeat):
-            order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
+            # both tools on both Llama instances (A: built by kiln, B: built here), in an order
+            # that alternates: the instance effect (~1%) cancels, and kiln@X / bare@X pairs
+            # compare code paths on the very same instance
+            order = [("kiln", "A"), ("bare", "B"), ("bare", "A"), ("kiln", "B")]
+            if rep % 2:
+                order.reverse()
             if args.llama_bench:
-                order.append("llama-bench")
-            for tool in order:
-                if tool == "kiln":
-                    r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True,
-                                 step_stamps=True)
-                    r["tokens_match_bare"] = r["token_ids"] == probe_tokens[:-1]
-                    if r["generated_tokens"] != args.gen_tokens or r["finish_reason"] != "length":
-                        r["error"] = (f"kiln generated {r['generated_tokens']} tokens "
-                                      f"({r['finish_reason']}), not {args.gen_tokens}")
-                    del r["token_ids"], r["text"]
-                elif tool == "bare":
-                    r = run_bare(bare, ids, args.gen_tokens, sampling, reset=True)
-                    r["tokens_match_probe"] = r["tokens"] == probe_tokens
-                    del r["tokens"]
-                else:
-                    pp = run_llama_bench(args.llama_bench, gguf,
-                                         ["-p", str(args.prompt_tokens), "-n", "0"], args.threads)
-                    tg = run_llama_bench(args.llama_bench, gguf,
-                                         ["-p", "0", "-n", str(args.gen_tokens), "-d",
-                                          str(args.prompt_tokens)], args.threads)
-                    r = {"tool": "llama-bench", "loadavg_1m": pp["loadavg_1m"],
-                         "rows": pp.get("rows", []) + tg.get("rows", []),
-                         "cmds": [pp["cmd"], tg["cmd"]]}
-                    errs = [x["error"] for x in (pp, tg) if x.get("error")]
-                    if errs:
-                        r["error"] = " | ".join(errs)
-                r |= {"type": q, "rep": rep}
-                runs.append(r)
-                if r.get("error"):
-                    failures.append(f"{q} {tool} #{rep + 1}: {r['error']}")
-                if tool == "llama-bench":
-                    got = {("pp" if row["n_prompt"] else "tg"): row["avg_ts"]
-                           for row in r.get("rows", [])}
-                    print(f"  [{q} #{rep + 1} llama-bench] pp {_f(got.get('pp'), '.1f')} t/s, "
-                          f"tg {_f(got.get('tg'), '.2f')} t/s"
-                          + (f"  ERROR {r['error'][:300]}" if r.get("error") else ""), flush=True)
-                else:
-                    print(f"  [{q} #{rep + 1} {tool:<4}] TTFT {r['ttft_s']:.3f} s -> pp "
-                          f"{_f(r['pp_tps'], '.1f')} t/s; {r['generated_tokens']} tokens in "
-                          f"{r['gen_s']:.3f} s -> tg {_f(r['tg_tps'], '.2f')} t/s; busy cores "
-                          f"{r['busy_cores']:.2f}, load {r['loadavg_1m']:.2f}"
-                          + (f"  ERROR {r['error']}" if r.get("error") else ""), flush=True)
+                order.append(("llama-bench", ""))
+            for tool, inst in order:
+                for attempt in range(args.retries + 1):
+                    if tool == "kiln":
+                        kiln.llm = own[inst]
+                        try:
+                            r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True,
+                                         step_stamps=True)
+                        finally:
+                            kiln.llm = own["A"]
+                        r["tokens_match_bare"] = r["token_ids"] == probe_tokens[:-1]
+                        if (r["generated_tokens"] != args.gen_tokens
+                                or r["finish_reason"] != "length"):
+                            r["error"] = (f"kiln generated {r['generated_tokens']} tokens "
+                                          f"({r['finish_reason']}), not {args.gen_tokens}")
+                        del r["token_ids"], r["text"]
+                    elif tool == "bare":
+                        r = run_bare(own[inst], ids, args.gen_tokens, sampling, reset=True)
+                        r["tokens_match_probe"] = r["tokens"] == probe_tokens
+                        del r["tokens"]
+                    else:
+                        pp = run_llama_bench(args.llama_bench, gguf,
+                                             ["-p", str(args.prompt_tokens), "-n", "0"],
+                                             args.threads)
+                        tg = run_llama_bench(args.llama_bench, gguf,
+                                             ["-p", "0", "-n", str(args.gen_tokens), "-d",
+                                              str(args.prompt_tokens)], args.threads)
+                        r = {"tool": "llama-bench", "loadavg_1m": pp["loadavg_1m"],
+                             "rows": pp.get("rows", []) + tg.get("rows", []),
+                             "cmds": [pp["cmd"], tg["cmd"]]}
+                        errs = [x["error"] for x in (pp, tg) if x.get("error")]
+                        if errs:
+                            r["error"] = " | ".join(errs)
+                    r |= {"type": q, "rep": rep, "llama": inst, "attempt": attempt,
+                          "disturbed": is_disturbed(r, busy_min)}
+                    runs.append(r)
+                    if r.get("error"):
+                        failures.append(f"{q} {tool} #{rep + 1}: {r['error']}")
+                    print_run(r)
+                    if not r["disturbed"]:
+                        break
 
         kiln_tg = [r for r in runs if r["type"] == q and r["tool"] == "kiln" and r.get("tg_tps")]
         step = statistics.median(1 / r["tg_tps"] for r in kiln_tg) if kiln_tg else None
         profiles[q] = overhead_profile(kiln, bare, messages, probe_tokens, step)
+        profiles[q]["in_situ"] = in_situ_overhead(kiln, messages, ids, args.gen_tokens, sampling)
         if args.profile:
             cprofiles[q] = cprofile_turn(kiln, messages, args.gen_tokens, sampling)
             print(cprofiles[q])
@@ -864,23 +1037,32 @@ def main(argv: list[str] | None = None) -> int:
                 for rep in range(args.repeat):
                     order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
                     for tool in order:
-                        if tool == "kiln":
-                            first = run_kiln(kiln, messages, args.turn1_tokens, sampling,
-                                             reset=True)
-                            w = run_kiln(kiln, msgs2, 1, sampling, reset=False)
-                            c = run_kiln(kiln, msgs2, 1, sampling, reset=True)
-                            for name, r in (("kiln_warm", w), ("kiln_cold", c)):
-                                r.pop("token_ids"), r.pop("text")
+                        for attempt in range(args.retries + 1):
+                            if tool == "kiln":
+                                first = run_kiln(kiln, messages, args.turn1_tokens, sampling,
+                                                 reset=True)
+                                w = run_kiln(kiln, msgs2, 1, sampling, reset=False)
+                                c = run_kiln(kiln, msgs2, 1, sampling, reset=True)
+                                got = (("kiln_warm", w), ("kiln_cold", c))
+                                for _, r in got:
+                                    r.pop("token_ids"), r.pop("text")
+                                    r["turn1_answer_same"] = first["text"] == answer
+                            else:
+                                run_bare(bare, ids, args.turn1_tokens, sampling, reset=True)
+                                w = run_bare(bare, ids2, 1, sampling, reset=False)
+                                w.pop("tokens")
+                                got = (("bare_warm", w),)
+                            bad = any(is_disturbed(r, busy_min) for _, r in got)
+                            for name, r in got:
                                 r |= {"type": q, "rep": rep, "k": k, "turn": name,
-                                      "turn1_answer_same": first["text"] == answer}
+                                      "attempt": attempt, "disturbed": bad}
                                 per[name].append(r)
-                        else:
-                            run_bare(bare, ids, args.turn1_tokens, sampling, reset=True)
-                            w = run_bare(bare, ids2, 1, sampling, reset=False)
-                            w.pop("tokens")
-                            w |= {"type": q, "rep": rep, "k": k, "turn": "bare_warm"}
-                            per["bare_warm"].append(w)
-                kw, bw, kc = (_med(r["ttft_s"] for r in per[n])
+                            if not bad:
+                                break
+                            print(f"    [{q} second turn K={k} {tool} #{rep + 1}] disturbed "
+                                  f"(busy cores {min(r['busy_cores'] for _, r in got):.2f}), "
+                                  "again", flush=True)
+                kw, bw, kc = (_med(r["ttft_s"] for r in _undisturbed(per[n]))
                               for n in ("kiln_warm", "bare_warm", "kiln_cold"))
                 ev = per["kiln_warm"][0]["evaluated_tokens"]
                 row = {"type": q, "k": k, "prompt_tokens": len(ids2),
@@ -911,8 +1093,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), {args.threads} threads for every "
         f"tool; 1-minute load average {min(loads):.2f}..{max(loads):.2f} during the runs "
         f"(start {machine['loadavg_start'][0]:.2f}, end {machine['loadavg_end'][0]:.2f}); "
-        f"busy cores per run {min(busy):.2f}..{max(busy):.2f}: a shared machine makes "
-        "timings noisy, compare interleaved ratios",
+        f"busy cores per run {min(busy):.2f}..{max(busy):.2f}; CPU time of other processes "
+        f"during the pp/tg runs {sum(r.get('other_cpu_s', 0) for r in runs):.1f} s in all "
+        f"(max {max([r.get('other_cpu_s', 0) for r in runs] or [0]):.1f} s in one run), "
+        f"hypervisor steal {sum(r.get('steal_s', 0) for r in runs):.1f} s; "
+        f"{sum(1 for r in runs if r.get('disturbed'))} pp/tg run(s) and "
+        f"{sum(1 for s in second for r in s['runs'] if r.get('disturbed'))} second-turn run(s) "
+        "disturbed (process got under --busy-min x threads cores) were run again and left out: "
+        "a shared machine makes timings noisy, compare interleaved ratios",
         "pp t/s = prompt tokens / time to first token (kiln's includes its chat template and "
         "tokenization); tg t/s = (tokens - 1) / time after the first token; greedy, "
         "repetition penalty off, same prompt ids and same generated ids on both sides",
@@ -932,6 +1120,16 @@ def main(argv: list[str] | None = None) -> int:
             f"(with llm-jp's stop string {p['stop_scan_llmjp_us']} us), logits processor when "
             f"a family bans ids {p['logits_processor_us']} us; one tg step "
             f"{_f(p.get('tg_step_us'), '.0f')} us; prompt build {p['prompt_build_ms']} ms per turn")
+        i = p.get("in_situ") or {}
+        notes.append(
+            f"{q} in situ, per generated token, time outside llama-cpp-python's eval+sample: "
+            f"kiln {_f(i.get('kiln_outside_llama_us_per_token'), '.1f')} us, bare "
+            f"{_f(i.get('bare_outside_llama_us_per_token'), '.1f')} us -> kiln adds "
+            f"{_f(i.get('kiln_extra_us_per_token'), '.1f')} us per token = "
+            f"{_f((i.get('kiln_extra_share_of_step') or 0) * 100, '.3f')}% of a step "
+            f"(eval+sample per token: {_f(i.get('kiln_eval_plus_sample_us_per_token'), '.0f')} "
+            f"us under kiln, {_f(i.get('bare_eval_plus_sample_us_per_token'), '.0f')} us under "
+            "bare)")
     if args.llama_bench:
         notes.append("llama-bench: pp = -p N -n 0 (depth 0), tg = -p 0 -n M -d N (after N tokens "
                      "of context), -r 1 per repeat, its own build of llama.cpp")
