@@ -20,7 +20,7 @@ from convert.errors import KilnError
 
 from .device import choose_gpu_layers, default_threads
 from .meta import ModelMeta, read_meta
-from .prompt import Message, PromptBuilder, make_tokenizer
+from .prompt import Message, PromptBuilder, make_tokenizer, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -267,16 +267,7 @@ class ChatModel:
             stats.generate_seconds = end - (first_at or end)
 
     def _piece(self, token: int) -> bytes:
-        """The bytes of one token (llama-cpp-python's own helper truncates long pieces)."""
-        import llama_cpp
-
-        size = 64
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
-            if n >= 0:
-                return buf.raw[:n]
-            size = -n
+        return token_bytes(self.llm, token)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

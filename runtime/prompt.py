@@ -76,6 +76,20 @@ class PieceStream:
         return self._utf8.decode(b"", final=True)
 
 
+def token_bytes(llm, token: int) -> bytes:
+    """The bytes of one token as llama.cpp spells it, control tokens empty
+    (llama-cpp-python's own helper truncates pieces longer than 32 bytes)."""
+    import llama_cpp
+
+    size = 64
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(llm._model.vocab, token, buf, size, 0, False)
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n
+
+
 class NativeTokenizer:
     """llama.cpp's own tokenizer and detokenizer.
 
@@ -119,17 +133,7 @@ class NativeTokenizer:
         return out
 
     def piece(self, token: int) -> bytes:
-        """The bytes of one token, control tokens empty (llama-cpp-python's own helper
-        truncates pieces longer than 32 bytes)."""
-        import llama_cpp
-
-        size = 64
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
-            if n >= 0:
-                return buf.raw[:n]
-            size = -n
+        return token_bytes(self.llm, token)
 
     def decode(self, ids: Sequence[int]) -> str:
         stream = self.stream()
