@@ -111,7 +111,8 @@ class ChatModel:
         self.threads = threads or default_threads()
         try:
             self.llm = Llama(model_path=str(model_path), n_ctx=self.n_ctx, n_batch=512,
-                             n_gpu_layers=self.gpu_layers, n_threads=self.threads, seed=seed,
+                             n_gpu_layers=self.gpu_layers, n_threads=self.threads,
+                             n_threads_batch=self.threads, seed=seed,
                              verbose=verbose)
         except ValueError as exc:
             raise KilnError(model_path, f"llama.cpp could not load the model ({exc})") from None
