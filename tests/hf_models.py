@@ -171,3 +171,26 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict:
         "median_rel": float(np.median(per_position)),
         "top1": float(np.mean(ref.argmax(-1) == got.argmax(-1))),
     }
+
+
+def kiln(*args) -> None:
+    """Run the kiln CLI in-process; fail the test on a non-zero exit."""
+    from convert.cli import run_cli
+    from runtime.cli import cli
+
+    try:
+        run_cli(cli, [str(a) for a in args])
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"kiln {' '.join(map(str, args))} exited {exc.code}"
+
+
+def convert_and_compare(model_dir: Path, out: Path, quant: str, ids: list[int],
+                        ref: np.ndarray, label: str) -> dict:
+    """`kiln convert` to `quant`, run in llama.cpp, compare its logits with `ref`."""
+    kiln("convert", model_dir, "-o", out, "--quant", quant)
+    got = llama_cpp_logits(out, ids)
+    assert got.shape == ref.shape
+    stats = compare(ref, got)
+    print(f"\n[logits] {label} {quant}: max|d|/std={stats['max_rel']:.2e} "
+          f"median={stats['median_rel']:.2e} top1={stats['top1']:.3f}")
+    return stats

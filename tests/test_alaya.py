@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_models import compare, llama_cpp_logits, randomize
+from hf_models import compare, convert_and_compare, kiln, llama_cpp_logits, randomize
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -55,13 +55,6 @@ TRAIN = (ENGLISH + CHINESE + [
     "She said that the weather in London was cold, wet and grey.",
     "人工智能正在改变世界，语言模型可以回答问题。",
 ]) * 20
-
-
-def kiln(*args) -> None:
-    try:
-        run_cli(cli, [str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"kiln {' '.join(map(str, args))} exited {exc.code}"
 
 
 # ------------------------------------------------------------------------------- tokenizers
@@ -434,12 +427,8 @@ MATRIX = ([("hf-alibi-bf16", q) for q in ("f32", "f16", "bf16", "q8_0", "q4_0")]
 @pytest.mark.parametrize("case,quant", MATRIX)
 def test_logits_match_reference(checkpoints, tmp_path, case, quant):
     model_dir, ids, ref = checkpoints(case, quant)
-    out = tmp_path / f"{case}-{quant}.gguf"
-    kiln("convert", model_dir, "-o", out, "--quant", quant)
-    got = llama_cpp_logits(out, ids)
-    stats = compare(ref, got)
-    print(f"\n[logits] {case} {quant}: max|d|/std={stats['max_rel']:.2e} "
-          f"median={stats['median_rel']:.2e} top1={stats['top1']:.3f}")
+    stats = convert_and_compare(model_dir, tmp_path / f"{case}-{quant}.gguf", quant, ids, ref,
+                                case)
     assert stats["max_rel"] < TOL[quant], stats
     assert stats["top1"] >= TOP1[quant], stats
 

@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from hf_models import build, compare, llama_cpp_logits, reference_logits
+from hf_models import (build, compare, convert_and_compare, kiln, llama_cpp_logits,
+                       reference_logits)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("llama_cpp")
 
-from convert.cli import run_cli  # noqa: E402
-from runtime.cli import cli  # noqa: E402
 
 # Error budgets, as max |delta logit| / std(logits), against transformers in float32 for the
 # float types and against transformers on gguf-py-rounded weights for Q8_0/Q4_0 (what is left
@@ -23,13 +22,6 @@ TOL = {"f32": 1e-4, "f16": 2e-2, "bf16": 6e-2, "q8_0": 0.25, "q4_0": 0.25}
 TOP1 = {"f32": 1.0, "f16": 0.9, "bf16": 0.95, "q8_0": 0.9, "q4_0": 0.9}
 
 IDS = [1] + [int(x) for x in np.random.default_rng(7).integers(3, 300, size=31)]
-
-
-def kiln(*args: str) -> None:
-    try:
-        run_cli(cli, [str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"kiln {' '.join(map(str, args))} exited {exc.code}"
 
 
 CASES = {
@@ -64,12 +56,10 @@ MATRIX = [(case, quant) for case in CASES for quant in ("f32", "f16", "q8_0", "q
 @pytest.mark.parametrize("case,quant", MATRIX)
 def test_logits_match_transformers(checkpoints, tmp_path, case, quant):
     model_dir, ref = checkpoints(case, quant)
-    out = tmp_path / f"{case}-{quant}.gguf"
-    kiln("convert", model_dir, "-o", out, "--quant", quant.upper() if quant == "q8_0" else quant)
-    got = llama_cpp_logits(out, IDS)
-    assert got.shape == ref.shape
-    stats = compare(ref, got)
-    print(case, quant, stats)
+    # spelled as llama.cpp does, any case
+    quant_arg = quant.upper() if quant == "q8_0" else quant
+    stats = convert_and_compare(model_dir, tmp_path / f"{case}-{quant}.gguf", quant_arg, IDS,
+                                ref, case)
     # Top-2-of-4 routing is discontinuous: llama.cpp's 8-bit activations can flip a near-tied
     # expert choice at a few positions, so quantized MoE is held to the budget at the median
     # position (the all-experts checkpoint checks every position).

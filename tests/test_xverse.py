@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_models import compare, llama_cpp_logits, randomize, reference_logits, save_bin_shards
+from hf_models import (compare, convert_and_compare, kiln, llama_cpp_logits, randomize,
+                       reference_logits, save_bin_shards)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -98,13 +99,6 @@ def _held_out(n: int = 120) -> list[str]:
                  + " ".join(rnd.choice(en) for _ in range(3)) + f" {rnd.randint(0, 9999)}")
         out.append(t)
     return out
-
-
-def kiln(*args) -> None:
-    try:
-        run_cli(cli, [str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"kiln {' '.join(map(str, args))} exited {exc.code}"
 
 
 # ------------------------------------------------------------------------------- building
@@ -243,12 +237,8 @@ MATRIX = ([("xverse-f32", q) for q in ("f32", "f16", "q8_0", "q4_0")]
 @pytest.mark.parametrize("case,quant", MATRIX)
 def test_logits_match_transformers_llama(checkpoints, tmp_path, case, quant):
     model_dir, ids, ref = checkpoints(case, quant)
-    out = tmp_path / f"{case}-{quant}.gguf"
-    kiln("convert", model_dir, "-o", out, "--quant", quant)
-    got = llama_cpp_logits(out, ids)
-    stats = compare(ref, got)
-    print(f"\n[logits] {case} {quant}: max|d|/std={stats['max_rel']:.2e} "
-          f"median={stats['median_rel']:.2e} top1={stats['top1']:.3f}")
+    stats = convert_and_compare(model_dir, tmp_path / f"{case}-{quant}.gguf", quant, ids, ref,
+                                case)
     assert stats["max_rel"] < TOL[quant], stats
     assert stats["top1"] >= TOP1[quant], stats
 
