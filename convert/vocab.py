@@ -20,7 +20,8 @@ llama-cpp-python 0.3.36 vendors):
 
 The three tokenizer.json kinds map as follows:
 
-(a) BPE + ByteLevel (GPT-2 style)    -> "gpt2", merges, pre chosen from the Split regex.
+(a) BPE + ByteLevel (GPT-2 style)    -> "gpt2", merges, pre chosen from the Split regex and
+    tokenizer_config's clean_up_tokenization_spaces (which llama_detokenize follows by pre name).
 (b) BPE + byte_fallback (SPM style)  -> "llama", score(piece) = -rank of the first merge that
     creates it, so llama.cpp's highest-score-first bigram merging replays the BPE merge order
     (exact when every concatenation of two adjacent vocab pieces that is itself in the vocab is
@@ -283,6 +284,33 @@ _KNOWN_SPLIT_REGEXES: dict[str, tuple[str | None, str | None]] = {
     GPT2_REGEX: (None, "gpt-2"),
     GPT2_REGEX[: -len(r"|\s+")]: (None, "gpt-2"),
 }
+
+
+# llama.cpp's detokenizer (llama_detokenize) cleans up spaces before punctuation (" ," -> ",",
+# " 's" -> "'s", ...) as transformers' clean_up_tokenization_spaces does, and the pre name decides
+# whether it does: on for every BPE name unless its entry in src/llama-vocab.cpp switches it off.
+# Pairs of names with the same split (regex, ignore_merges): (clean-up on, clean-up off).
+_CLEAN_UP_TWINS = (("gpt-2", "trillion"), ("starcoder", "smollm"), ("stablelm2", "qwen2"))
+# Names without a twin, and their clean-up setting.
+_CLEAN_UP_ONLY = {"default": True, "llama-bpe": True, "smaug-bpe": True, "jais": True,
+                  "qwen35": False, "tekken": False, "gpt-4o": False}
+
+
+def pre_for_clean_up(pre: str, clean_up: bool) -> str:
+    """The llama.cpp pre name that splits as `pre` does and cleans up spaces iff `clean_up`;
+    `pre` itself when llama.cpp has no such name."""
+    for on, off in _CLEAN_UP_TWINS:
+        if pre in (on, off):
+            return on if clean_up else off
+    return pre
+
+
+def pre_cleans_up(pre: str) -> bool | None:
+    """Whether llama.cpp's detokenizer cleans up spaces for pre name `pre` (None: unknown)."""
+    for on, off in _CLEAN_UP_TWINS:
+        if pre in (on, off):
+            return pre == on
+    return _CLEAN_UP_ONLY.get(pre)
 
 
 def _flatten(node: Any, key: str) -> list[dict]:
@@ -723,6 +751,22 @@ def _chat_template(model_dir: Path, tok_cfg: dict) -> str | None:
     return None
 
 
+def _pre_with_tok_cfg_clean_up(pre: str, tok_cfg: dict, model_dir: Path) -> str:
+    """`pre`, or its twin, so that llama_detokenize cleans up spaces as tokenizer_config's
+    clean_up_tokenization_spaces says (absent: false, transformers' default since 4.45).
+    transformers 5 skips the clean-up for BPE tokenizers whatever the flag; kiln follows the
+    flag, what the model's authors declared and what llama.cpp's own converter's names encode."""
+    clean_up = tok_cfg.get("clean_up_tokenization_spaces") is True
+    chosen = pre_for_clean_up(pre, clean_up)
+    if pre_cleans_up(chosen) not in (None, clean_up):
+        log.warning("%s: clean_up_tokenization_spaces=%s, but llama.cpp has no pre-tokenizer "
+                    "name that splits as %r and %s; llama_detokenize %s spaces before punctuation",
+                    model_dir / "tokenizer_config.json", str(clean_up).lower(), pre,
+                    "cleans up" if clean_up else "keeps spaces",
+                    "keeps" if clean_up else "removes")
+    return chosen
+
+
 def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
     """Read the tokenizer of `model_dir` for a model whose embedding has `n_vocab` rows."""
     model_dir = Path(model_dir)
@@ -763,6 +807,8 @@ def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
         built = _from_tokenizer_json(tj, tj_path)
     if built is None:
         raise KilnError(model_dir, "no tokenizer found (expected tokenizer.model or tokenizer.json)")
+    if built.model == "gpt2" and built.pre is not None:
+        built.pre = _pre_with_tok_cfg_clean_up(built.pre, tok_cfg, model_dir)
 
     # ---- added tokens, least to most authoritative
     specials = _special_strings(tok_cfg, stm)

@@ -393,7 +393,8 @@ def test_metadata_and_tensors(models, converted):
     assert md["jais.attention.layer_norm_epsilon"] == pytest.approx(EPS)
     assert md["jais.attention.max_alibi_bias"] == 8.0
     assert md["tokenizer.ggml.model"] == "gpt2"
-    assert md["tokenizer.ggml.pre"] == "jais"
+    # GPT-2's split; no clean_up_tokenization_spaces in tokenizer_config: "trillion", not "jais"
+    assert md["tokenizer.ggml.pre"] == "trillion"
     assert md["tokenizer.ggml.bos_token_id"] == 0
     assert md["tokenizer.ggml.eos_token_id"] == 0
     assert md["tokenizer.ggml.padding_token_id"] == 0
@@ -430,7 +431,7 @@ def test_generation_config_overrides_card_sampling(converted):
     assert md["tokenizer.ggml.tokens"]["length"] == md["jais.vocab_size"]
     # Built from vocab.json + merges.txt: <|endoftext|> is still a special (CONTROL) token.
     assert md["tokenizer.ggml.token_type"]["head"][0] == 3
-    assert md["tokenizer.ggml.pre"] == "jais" and md["tokenizer.ggml.add_bos_token"] is False
+    assert md["tokenizer.ggml.pre"] == "trillion" and md["tokenizer.ggml.add_bos_token"] is False
 
 
 def test_missing_slopes_default_to_max_bias_8(tmp_path):

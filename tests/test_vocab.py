@@ -397,7 +397,8 @@ def test_sentencepiece_llama_cpp_exact(sp_bpe):
 
 def test_bytelevel_vocab(bytelevel_bpe):
     d, tok, v, path, n = bytelevel_bpe
-    assert (v.model, v.pre) == ("gpt2", "gpt-2")
+    # GPT-2's split; no clean_up_tokenization_spaces (false): llama.cpp's "trillion" (same split)
+    assert (v.model, v.pre) == ("gpt2", "trillion")
     assert v.scores is None
     hf = json.loads((d / "tokenizer.json").read_text("utf-8"))
     assert v.merges == [" ".join(m) if isinstance(m, list) else m for m in hf["model"]["merges"]]
@@ -410,7 +411,7 @@ def test_bytelevel_vocab(bytelevel_bpe):
     assert v.hf_json == (d / "tokenizer.json").read_text("utf-8")
     f = _gguf_fields(path)
     assert f["tokenizer.huggingface.json"] == v.hf_json
-    assert f["tokenizer.ggml.pre"] == "gpt-2"
+    assert f["tokenizer.ggml.pre"] == "trillion"
 
 
 def test_bytelevel_llama_cpp_exact(bytelevel_bpe):
@@ -559,6 +560,7 @@ def test_merge_rank_scores_by_hand(tmp_path, caplog):
     assert any("byte tokens" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("clean_up", [None, False, True])
 @pytest.mark.parametrize("pre, ignore_merges, want", [
     ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, False, "gpt-2"),
     ({"type": "Sequence", "pretokenizers": [
@@ -575,10 +577,21 @@ def test_merge_rank_scores_by_hand(tmp_path, caplog):
         {"type": "Split", "pattern": {"Regex": "\\d+|\\w+"}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}, False, "default"),
 ])
-def test_gpt2_pre_recognition(tmp_path, pre, ignore_merges, want):
+def test_gpt2_pre_recognition(tmp_path, pre, ignore_merges, want, clean_up):
+    """The split picks the name; clean_up_tokenization_spaces (absent: false) picks between the
+    names llama.cpp has for that split (its detokenizer cleans spaces by pre name)."""
     model = {"type": "BPE", "ignore_merges": ignore_merges, "vocab": {"a": 0, "b": 1, "ab": 2},
              "merges": ["a b"]}
-    v = load_vocab(_hand_json(tmp_path, model, pre), {}, 3)
+    d = _hand_json(tmp_path, model, pre)
+    if clean_up is not None:
+        (d / "tokenizer_config.json").write_text(json.dumps(
+            {"clean_up_tokenization_spaces": clean_up}), "utf-8")
+    twins = {"gpt-2": "trillion", "starcoder": "smollm", "stablelm2": "qwen2"}
+    if not clean_up:
+        want = twins.get(want, want)
+    elif want in twins.values():
+        want = next(on for on, off in twins.items() if off == want)
+    v = load_vocab(d, {}, 3)
     assert (v.model, v.pre, v.merges, v.scores) == ("gpt2", want, ["a b"], None)
 
 

@@ -356,7 +356,10 @@ class JaisFamily(Family):
         if vocab.model != "gpt2":
             raise KilnError(self.model_dir, f"Jais uses a GPT-2 byte-level BPE tokenizer, but "
                             f"this one reads as '{vocab.model}'")
-        vocab.pre = "jais"          # llama.cpp's name for Jais's (GPT-2) pre-tokenizer regex
+        # llama.cpp's name for Jais's (GPT-2) split; it cleans up spaces in llama_detokenize, so
+        # only when tokenizer_config asks for that (else load_vocab's "trillion": same split).
+        if vocab.pre != "trillion":
+            vocab.pre = "jais"
         n = len(vocab.tokens)
         for key in ("bos", "eos", "pad"):
             tid = self.config.get(f"{key}_token_id")

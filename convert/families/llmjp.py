@@ -13,8 +13,8 @@ from .llama import LlamaFamily
 
 SYSTEM = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
 
-# The llm-jp-3 instruct template (see shared/families.md): used only when the checkpoint has
-# none of its own. A system message is replaced by the fixed sentence, as the original does.
+# The llm-jp-3 instruct template as the checkpoints ship it (see shared/families.md). Its system
+# branch prints the fixed sentence above and never reads the message's content.
 INSTRUCT_TEMPLATE = (
     "{{bos_token}}{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}"
@@ -22,6 +22,21 @@ INSTRUCT_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:\\n' + message['content'] + eos_token }}"
     "{% endif %}{% if loop.last and add_generation_prompt %}{{ '\\n\\n### 応答:\\n' }}{% endif %}"
     "{% endfor %}")
+
+# What kiln writes as `tokenizer.chat_template` instead: the same text, but the system branch
+# prints the system message's content. Why: llama.cpp (llama-server, and every tool on its
+# template engine) decides whether a template "supports a system role" by rendering a probe
+# system message and checking that its content is read (common/jinja/caps.cpp); the original
+# never reads it, so llama.cpp merges the system message into the first user turn
+# ("\n\n### 指示:\n<system>\n<user>"). For the official system message (the model card passes
+# SYSTEM itself) both templates render the same prompt; another system text is now kept where the
+# original replaced it by SYSTEM. The original stays in the GGUF under ORIGINAL_KEY.
+LLAMA_CPP_TEMPLATE = INSTRUCT_TEMPLATE.replace("{{ '" + SYSTEM + "' }}", "{{ message['content'] }}")
+ORIGINAL_KEY = "tokenizer.chat_template.original"
+
+
+def _same_template(a: str, b: str) -> bool:
+    return "".join(a.split()) == "".join(b.split())
 
 
 def _mentions_llmjp(model_dir: Path, config: dict) -> bool:
@@ -46,9 +61,22 @@ class LlmJpFamily(LlamaFamily):
     def recognizes_gguf(cls, arch: str, name: str) -> bool:
         return arch == "llama" and "llm-jp" in name.lower()
 
+    original_template: str | None = None
+
     def chat_template(self, vocab: Vocab | None) -> str:
+        """LLAMA_CPP_TEMPLATE for the llm-jp-3 instruct template (or none); another template
+        of the checkpoint's own is kept as it is."""
         own = vocab.chat_template if vocab is not None else None
-        return own or INSTRUCT_TEMPLATE
+        if own and not _same_template(own, INSTRUCT_TEMPLATE):
+            return own
+        self.original_template = own or INSTRUCT_TEMPLATE
+        return LLAMA_CPP_TEMPLATE
+
+    def kiln_metadata(self, vocab: Vocab) -> dict:
+        meta = super().kiln_metadata(vocab)
+        if self.original_template is not None:
+            meta[ORIGINAL_KEY] = self.original_template
+        return meta
 
     def stop_strings(self) -> list[str]:
         return ["\n\n### 指示:"]
