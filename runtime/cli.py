@@ -10,6 +10,7 @@ from convert import __version__
 from convert.cli import convert_cmd, inspect_cmd, run_cli
 
 from . import chat_cli, store_cli
+from .server.cli import serve_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +26,7 @@ cli.add_command(convert_cmd)
 cli.add_command(inspect_cmd)
 for _cmd in chat_cli.COMMANDS + store_cli.COMMANDS:
     cli.add_command(_cmd)
-
+cli.add_command(serve_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

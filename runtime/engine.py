@@ -281,13 +281,7 @@ class ChatModel:
 
     # -- internals -----------------------------------------------------------------------
     def _context_size(self, asked: int | None) -> int:
-        trained = self.meta.context_length
-        n = asked or min(trained, DEFAULT_CTX)
-        if n > trained:
-            log.warning("context %d exceeds the model's %d (sliding window or training length); "
-                        "using %d", n, trained, trained)
-            n = trained
-        return n
+        return context_size(self.meta, asked, warn=True)
 
     def _sampling(self, s: Settings, overrides: dict) -> Sampling:
         if overrides:
@@ -405,6 +399,19 @@ class ChatModel:
 
     def _piece(self, token: int) -> bytes:
         return token_bytes(self.llm, token)
+
+
+def context_size(meta: ModelMeta, asked: int | None, warn: bool = False) -> int:
+    """The context a model runs with: `asked`, else the model's own up to DEFAULT_CTX; never
+    more than the model's."""
+    trained = meta.context_length
+    n = asked or min(trained, DEFAULT_CTX)
+    if n > trained:
+        if warn:
+            log.warning("context %d exceeds the model's %d (sliding window or training length); "
+                        "using %d", n, trained, trained)
+        n = trained
+    return n
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
