@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from tokenizer_corpus import CORPUS, TRAIN  # noqa: E402
 
 SPACE = "\u2581"
 BYTES = [f"<0x{i:02X}>" for i in range(256)]
-LLMJP_FIXTURE = ROOT.parent / "shared" / "fixtures" / "llm-jp-3-tokenizer"
+LLMJP_FIXTURE = Path(os.environ.get("KILN_SHARED") or ROOT.parent / "shared") / "fixtures" / "llm-jp-3-tokenizer"
 
 
 # ============================================================================== references

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facts import official
 from hf_models import compare, convert_and_compare, kiln, llama_cpp_logits, randomize
 
 torch = pytest.importorskip("torch")
@@ -32,7 +33,6 @@ pytest.importorskip("tokenizers")
 from convert.cli import run_cli  # noqa: E402
 from runtime.cli import cli  # noqa: E402
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "prompts" / "official_prompts.json"
 
 # Budgets as in tests/test_convert_e2e.py, over 96 positions, except F32: llama.cpp's GELU
 # rounds its input to fp16 and reads a tanh-approximation table (ggml-cpu vec.h), while MPT's is
@@ -675,9 +675,7 @@ def test_native_tokenizer(checkpoints, tmp_path, case):
 # ------------------------------------------------------------------------------- chat
 
 def _official() -> dict:
-    if not OFFICIAL.is_file():
-        pytest.skip(f"official prompt reference {OFFICIAL} is not present in this checkout")
-    return json.loads(OFFICIAL.read_text(encoding="utf-8"))["alaya-7b-chat"]
+    return official("alaya-7b-chat")
 
 
 def reference_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:

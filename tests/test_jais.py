@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facts import official
 from hf_models import compare, llama_cpp_logits
 
 pytest.importorskip("llama_cpp")
@@ -39,8 +40,6 @@ TOL = {"f32": 1e-4, "f16": 2e-2, "q8_0": 0.25, "q4_0": 0.25}
 TOP1 = {"f32": 1.0, "f16": 0.9, "q8_0": 0.9, "q4_0": 0.9}
 QUANTS = ("f32", "f16", "q8_0", "q4_0")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PROMPTS = SHARED / "prompts" / "official_prompts.json"
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. What is the capital of UAE?",
@@ -561,23 +560,13 @@ def test_refuses_nonstandard_alibi_slopes(tmp_path):
 # Chat template
 # ------------------------------------------------------------------------------------------------
 
-def official_prompts() -> dict:
-    if not PROMPTS.is_file():
-        pytest.skip(f"{PROMPTS} not found: the official prompt texts are needed for golden tests")
-    return json.loads(PROMPTS.read_text(encoding="utf-8"))["jais-30b-chat-v1"]
+def official_prompts(size: str = "30b") -> dict:
+    """The card prompts (tests/data/official_prompts.json); the 13B ones are [U] there: written
+    out from the card's description, not seen verbatim."""
+    return official("jais-30b-chat-v1" if size == "30b" else "jais-13b-chat")
 
 
-def prompt_13b(text: str) -> str:
-    """jais-13b-chat's card prompt: the 30B one with the builder and the size changed."""
-    for old, new in (("You are built by Core42.", "You are built by Inception and MBZUAI."),
-                     ("with 30b parameters.", "with 13B parameters."),
-                     ("بواسطة Core42.", "بواسطة Inception و MBZUAI."),
-                     ("بارامترات 30b.", "بارامترات 13B.")):
-        text = text.replace(old, new)
-    return text
-
-
-def expected_prompt(prompts: dict, messages: list[dict], size: str = "30b") -> str:
+def expected_prompt(prompts: dict, messages: list[dict]) -> str:
     """The card's prompt filled in: the language follows the last question; a system message
     replaces the default system text; earlier turns become '[|Human|] q' / '[|AI|] a' lines."""
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
@@ -585,8 +574,6 @@ def expected_prompt(prompts: dict, messages: list[dict], size: str = "30b") -> s
     question = turns[-1]["content"]
     arabic = any("\u0621" <= ch <= "\u064a" for ch in question)
     prompt = prompts["prompt_ar" if arabic else "prompt_eng"]
-    if size == "13b":
-        prompt = prompt_13b(prompt)
     if system is not None:
         _, blank, rest = prompt.partition("\n\n")
         prompt = "### Instruction: " + system + blank + rest
@@ -663,12 +650,12 @@ def test_chat_template_13b(tmp_path, lang, turns):
     """jais-13b-chat's shape (40 layers x 5120) gets the 13B card text."""
     from convert.families.jais import JaisFamily
 
-    prompts = official_prompts()
+    prompts = official_prompts("13b")          # [U]: see tests/data/README.md
     fam = JaisFamily({"n_layer": 40, "n_embd": 5120, "n_head": 40}, tmp_path)
     template = fam.chat_template(None)
     messages = conversation(EN if lang == "en" else AR, turns, None)
     got = render(template, messages)
-    assert got == expected_prompt(prompts, messages, size="13b")
+    assert got == expected_prompt(prompts, messages)
     assert ("Inception and MBZUAI" if lang == "en" else "Inception و MBZUAI") in got
     assert "Core42" not in got and "30b" not in got
 

@@ -12,19 +12,12 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from convert.cli import run_cli  # noqa: E402
+from facts import LLMJP_TOKENIZER, need_llmjp_tokenizer, official  # noqa: E402
 from hf_models import make_spm_tokenizer  # noqa: E402
 from runtime.cli import cli  # noqa: E402
 from runtime.engine import ChatModel  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PROMPTS = SHARED / "prompts" / "official_prompts.json"
-LLMJP_TOK = SHARED / "fixtures" / "llm-jp-3-tokenizer"
-
-
-def official(key: str) -> dict:
-    if not PROMPTS.is_file():
-        pytest.skip(f"{PROMPTS} not found: the official prompt strings live in ../shared")
-    return json.loads(PROMPTS.read_text(encoding="utf-8"))[key]
+LLMJP_TOK = LLMJP_TOKENIZER
 
 
 def conversations(system: str | None):
@@ -91,8 +84,7 @@ def llmjp_reference(msgs: list[dict], system_text: str) -> str:
 
 @pytest.fixture(scope="module")
 def llmjp(tmp_path_factory):
-    if not LLMJP_TOK.is_dir():
-        pytest.skip(f"{LLMJP_TOK} not found: the real llm-jp tokenizer lives in ../shared")
+    need_llmjp_tokenizer()
     d = tmp_path_factory.mktemp("llmjp")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(LLMJP_TOK / name, d / name)
@@ -116,9 +108,11 @@ def test_llmjp_prompt_and_ids(llmjp, with_system):
 
     system = official("llm-jp-3.1-instruct4")["system"]
     hf = Tokenizer.from_file(str(LLMJP_TOK / "tokenizer.json"))
-    for msgs in conversations(system if with_system else None):
+    # the official template writes its fixed sentence whatever the system content says
+    for msgs in conversations("You are terse." if with_system else None):
         text = llmjp.prompt.render(msgs)
         assert text == llmjp_reference(msgs, system)
+        assert "You are terse." not in text
         ids = llmjp.prompt.encode(msgs)
         assert ids == hf.encode(text, add_special_tokens=False).ids
         assert ids[0] == 1 and ids[1] != 1  # one BOS, from the template
@@ -191,8 +185,7 @@ def test_rakuten_context_capped_by_sliding_window(rakuten):
 
 def test_foreign_gguf_recognized_by_name(tmp_path, monkeypatch):
     """A GGUF without kiln metadata (as other tools make them) still gets llm-jp's format."""
-    if not LLMJP_TOK.is_dir():
-        pytest.skip(f"{LLMJP_TOK} not found")
+    need_llmjp_tokenizer()
     from convert.families.base import Family
     from convert.families.llmjp import LlmJpFamily
 

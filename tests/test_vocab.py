@@ -25,6 +25,8 @@ from convert.vocab import (
     write_vocab,
 )
 
+from facts import LLMJP_SKIP, LLMJP_TOKENIZER, have_llmjp_tokenizer  # noqa: E402
+
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import (  # noqa: E402
     Regex,
@@ -37,8 +39,7 @@ from tokenizers import (  # noqa: E402
     trainers,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-LLMJP_DIR = SHARED / "fixtures" / "llm-jp-3-tokenizer"
+LLMJP_DIR = LLMJP_TOKENIZER
 
 TNORMAL, TUNKNOWN, TCONTROL, TUSER, TUNUSED, TBYTE = 1, 2, 3, 4, 5, 6
 
@@ -607,8 +608,7 @@ def test_ids_beyond_n_vocab_dropped(fallback_bpe, tmp_path, caplog):
 # ------------------------------------------------------------------------------- real llm-jp
 
 needs_llmjp = pytest.mark.skipif(
-    not (LLMJP_DIR / "tokenizer.json").is_file(),
-    reason=f"real llm-jp-3 tokenizer fixture not found at {LLMJP_DIR}")
+    not have_llmjp_tokenizer(), reason=LLMJP_SKIP)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facts import official
 from hf_models import (compare, convert_and_compare, kiln, llama_cpp_logits, randomize,
                        reference_logits, save_bin_shards)
 
@@ -27,7 +28,6 @@ from convert.cli import run_cli  # noqa: E402
 from convert.gguf_info import read_info  # noqa: E402
 from runtime.cli import cli  # noqa: E402
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "prompts" / "official_prompts.json"
 
 # Budgets of tests/test_convert_e2e.py (max |delta logit| / std(logits)), here over 96 positions
 # instead of 32 (top-1 agreement over 32 random-weight positions is too noisy a statistic).
@@ -392,9 +392,7 @@ def _template_and_eos(path: Path) -> tuple[str, str]:
 
 
 def _official() -> dict:
-    if not OFFICIAL.is_file():
-        pytest.skip(f"official prompt reference {OFFICIAL} is not present in this checkout")
-    return json.loads(OFFICIAL.read_text(encoding="utf-8"))["xverse-13b-chat"]
+    return official("xverse-13b-chat")
 
 
 def reference_prompt(messages: list[dict], eos: str, add_generation_prompt: bool = True) -> str:
