@@ -194,3 +194,22 @@ def convert_and_compare(model_dir: Path, out: Path, quant: str, ids: list[int],
     print(f"\n[logits] {label} {quant}: max|d|/std={stats['max_rel']:.2e} "
           f"median={stats['median_rel']:.2e} top1={stats['top1']:.3f}")
     return stats
+
+
+def small_chunks(monkeypatch, elements: int) -> list[int]:
+    """Make `kiln convert` stream every tensor in chunks of about `elements` values
+    (convert.pipeline.CHUNK_ELEMENTS), so that each matrix spans many chunks; returns the list
+    that receives the row count of every chunk read from a stored tensor, to check it did."""
+    import convert.pipeline as pipeline
+    from convert.tensors import StoredRows
+
+    monkeypatch.setattr(pipeline, "CHUNK_ELEMENTS", elements)
+    sizes: list[int] = []
+    original = StoredRows.rows
+
+    def rows(self, start, stop):
+        sizes.append(stop - start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(StoredRows, "rows", rows)
+    return sizes

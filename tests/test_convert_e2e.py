@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hf_models import (build, compare, convert_and_compare, kiln, llama_cpp_logits,
-                       reference_logits)
+                       reference_logits, small_chunks)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -65,6 +65,26 @@ def test_logits_match_transformers(checkpoints, tmp_path, case, quant):
     # position (the all-experts checkpoint checks every position).
     worst = "median_rel" if case == "mixtral-moe" and quant.startswith("q") else "max_rel"
     assert stats[worst] < TOL[quant], stats
+    assert stats["top1"] >= TOP1[quant], stats
+
+
+# Every matrix in many chunks: 3 rows of 64 columns (1 of 128) per chunk, on 3 threads, so chunks
+# cut through heads and q/k permutation groups (head_dim 16), expert boundaries (128 rows per
+# expert), the padded vocab rows; a wrong row offset of any chunk after the first shows.
+CHUNKED = ["mistral-gqa-bf16-sharded", "mixtral-all-experts", "llama-padded-vocab"]
+
+
+@pytest.mark.parametrize("case", CHUNKED)
+@pytest.mark.parametrize("quant", ["f32", "q8_0"])
+def test_many_chunks_per_tensor(checkpoints, tmp_path, monkeypatch, case, quant):
+    model_dir, ref = checkpoints(case, quant)
+    sizes = small_chunks(monkeypatch, 3 * 64 + 5)
+    out = tmp_path / "m.gguf"
+    kiln("convert", model_dir, "-o", out, "--quant", quant, "--threads", 3)
+    assert max(sizes) <= 3 and len(sizes) > 500, (max(sizes), len(sizes))
+    stats = compare(ref, llama_cpp_logits(out, IDS))
+    print(f"\n[logits] {case} {quant} in {len(sizes)} chunks: {stats}")
+    assert stats["max_rel"] < TOL[quant], stats
     assert stats["top1"] >= TOP1[quant], stats
 
 

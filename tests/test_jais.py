@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from facts import official
-from hf_models import compare, llama_cpp_logits
+from hf_models import compare, llama_cpp_logits, small_chunks
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("tokenizers")
@@ -345,6 +345,23 @@ def test_logits_match_reference(models, converted, case, quant):
     print(case, quant, stats)
     assert stats["max_rel"] < TOL[quant], stats
     assert stats["top1"] >= TOP1[quant], stats
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_many_chunks_per_tensor(models, tmp_path, monkeypatch, case):
+    """Every transposed Conv1D matrix in many chunks (2 rows of 96 columns, 1 of 160+) on 3
+    threads: each chunk is a slice of the stored matrix's columns."""
+    model_dir, config, w = models(case)
+    sizes = small_chunks(monkeypatch, 2 * 96 + 7)
+    out = tmp_path / "m.gguf"
+    code, stdout, stderr = kiln("convert", model_dir, "-o", out, "--quant", "f32",
+                                "--threads", 3, "--quiet")
+    assert code == 0, stdout + stderr
+    assert max(sizes) <= 2 and len(sizes) > 500, (max(sizes), len(sizes))
+    ids = ids_for(case, config)
+    stats = compare(reference_logits(w, case, ids), llama_cpp_logits(out, ids))
+    print(case, "chunked", len(sizes), stats)
+    assert stats["max_rel"] < TOL["f32"], stats
 
 
 BROKEN = {
