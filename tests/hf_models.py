@@ -213,3 +213,52 @@ def small_chunks(monkeypatch, elements: int) -> list[int]:
 
     monkeypatch.setattr(StoredRows, "rows", rows)
     return sizes
+
+
+# The GGUF type of every tensor kind, per requested output type, by llama.cpp's rules
+# (llama-quant.cpp: 1-D tensors, norms, biases and the MoE router `ffn_gate_inp` are never
+# quantized; a row length that is no multiple of the block size falls back to F16).
+_KINDS = [
+    (r"token_embd\.weight", "matrix"), (r"output\.weight", "matrix"),
+    (r"position_embd\.weight", "unpinned"),     # llama-quantize keeps its input type
+    (r"(output_norm|blk\.\d+\.\w*norm\w*)\.(weight|bias)", "f32"),
+    (r"blk\.\d+\.ffn_gate_inp\.weight", "f32"), (r"rope_freqs\.weight", "f32"),
+    (r"blk\.\d+\.\w+\.bias", "f32"),
+    (r"blk\.\d+\.(attn_(q|k|v|qkv|output)|ffn_(up|gate|down)(_exps)?)\.weight", "matrix"),
+]
+
+
+def expected_type(name: str, ne: tuple[int, ...], quant: str) -> str | None:
+    """The type `name` (GGUF shape `ne`, row length first) must have for `quant`; None where
+    the test does not pin it. Fails on a tensor kind it does not know."""
+    import re
+
+    kind = next((k for pattern, k in _KINDS if re.fullmatch(pattern, name)), None)
+    assert kind is not None, f"unknown tensor kind {name}: add it to tests/hf_models._KINDS"
+    q = quant.upper()
+    if kind == "f32" or len(ne) == 1:
+        return "F32"
+    if kind == "unpinned":
+        return None
+    if q in ("F32", "F16", "BF16"):
+        return q
+    if ne[0] % 32:
+        return "F16"
+    if q == "Q4_0" and name in ("output.weight", "token_embd.weight"):
+        return None      # llama.cpp's Q4_0 mixture puts the output projection higher (issue 9)
+    return q
+
+
+def check_types(path: Path, quant: str) -> dict[str, str]:
+    """Assert the type of every tensor of GGUF `path` (read with gguf-py) for `quant`."""
+    import gguf
+
+    reader = gguf.GGUFReader(os.fspath(path))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    bad = {}
+    for t in reader.tensors:
+        want = expected_type(t.name, tuple(int(x) for x in t.shape), quant)
+        if want is not None and t.tensor_type.name != want:
+            bad[t.name] = f"{t.tensor_type.name}, want {want}"
+    assert not bad, f"{quant}: {bad}"
+    return types
