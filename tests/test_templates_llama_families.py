@@ -69,12 +69,16 @@ def convert(src: Path, out: Path) -> Path:
 
 # -- llm-jp ----------------------------------------------------------------------------
 
-def llmjp_reference(msgs: list[dict], system_text: str) -> str:
-    """The llm-jp-3 instruct format, as its tokenizer_config template builds it."""
+def llmjp_reference(msgs: list[dict]) -> str:
+    """The llm-jp-3 instruct format as its tokenizer_config template builds it, except that a
+    system message's own text is written where the original always writes the card's fixed
+    sentence (kiln's documented choice, convert/families/llmjp.py: llama.cpp's template engine
+    needs a template that reads the system content); for the card's system sentence (the model
+    card passes exactly that) the two agree."""
     out = "<s>"
     for m in msgs:
         if m["role"] == "system":
-            out += system_text
+            out += m["content"]
         elif m["role"] == "user":
             out += "\n\n### 指示:\n" + m["content"]
         else:
@@ -106,13 +110,15 @@ def test_llmjp_family_and_metadata(llmjp):
 def test_llmjp_prompt_and_ids(llmjp, with_system):
     from tokenizers import Tokenizer
 
-    system = official("llm-jp-3.1-instruct4")["system"]
+    card = official("llm-jp-3.1-instruct4")["system"]
     hf = Tokenizer.from_file(str(LLMJP_TOK / "tokenizer.json"))
-    # the official template writes its fixed sentence whatever the system content says
-    for msgs in conversations("You are terse." if with_system else None):
+    systems = [card, "あなたは簡潔に答えます。"] if with_system else [None]
+    for msgs in [m for system in systems for m in conversations(system)]:
         text = llmjp.prompt.render(msgs)
-        assert text == llmjp_reference(msgs, system)
-        assert "You are terse." not in text
+        assert text == llmjp_reference(msgs)
+        if msgs[0]["role"] == "system" and msgs[0]["content"] == card and len(msgs) == 2:
+            # the model card's one-turn prompt, byte for byte
+            assert text == f"<s>{card}\n\n### 指示:\n{msgs[1]['content']}\n\n### 応答:\n"
         ids = llmjp.prompt.encode(msgs)
         assert ids == hf.encode(text, add_special_tokens=False).ids
         assert ids[0] == 1 and ids[1] != 1  # one BOS, from the template
