@@ -36,20 +36,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
 import llama_tools  # noqa: E402
+from facts import need_llmjp_tokenizer, official  # noqa: E402
 from hf_models import kiln, make_spm_tokenizer  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PROMPTS = SHARED / "prompts" / "official_prompts.json"
-LLMJP_TOK = SHARED / "fixtures" / "llm-jp-3-tokenizer"
 
 FAMILIES = ["llm-jp", "rakutenai", "jais", "xverse", "alaya"]
 RESULTS: dict[str, tuple] = {}   # family -> (Built, cases), for the table
-
-
-def official(key: str) -> dict:
-    if not PROMPTS.is_file():
-        pytest.skip(f"{PROMPTS} not found: the official prompt strings live in ../shared")
-    return json.loads(PROMPTS.read_text(encoding="utf-8"))[key]
 
 
 @dataclass
@@ -84,20 +75,19 @@ def _ids_hf(tokenizer_json: Path):
 def build_llmjp(d: Path) -> Built:
     import test_templates_llama_families as tl
 
-    if not LLMJP_TOK.is_dir():
-        pytest.skip(f"{LLMJP_TOK} not found: the real llm-jp tokenizer lives in ../shared")
+    tok_dir = need_llmjp_tokenizer()
     src = d / "llm-jp"
     src.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(LLMJP_TOK / name, src / name)
+        shutil.copy(tok_dir / name, src / name)
     tl.tiny_llama(src, 99584, "llm-jp/llm-jp-3.1-1.8b-instruct4")
-    system = official("llm-jp-3.1-instruct4")["system"]
+    card = official("llm-jp-3.1-instruct4")["system"]
     ids = _ids_hf(src / "tokenizer.json")
     cases = []
-    for with_system in (False, True):
-        for msgs in tl.conversations(system if with_system else None):
-            want = tl.llmjp_reference(msgs, system)
-            cases.append(Case(_name(msgs), msgs, want, ids(want)))
+    for system, label in ((None, ""), (card, " (card's)"), ("あなたは簡潔に答えます。", " (other)")):
+        for msgs in tl.conversations(system):
+            want = tl.llmjp_reference(msgs)
+            cases.append(Case(_name(msgs) + label, msgs, want, ids(want)))
     return Built(_convert(src, d), "<s>", True, False, {1, 2}, cases)
 
 
