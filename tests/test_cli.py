@@ -31,7 +31,7 @@ def test_convert_help_explains_quant_types():
 
 def test_demo_then_inspect(tmp_path):
     pytest.importorskip("llama_cpp")
-    demo = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--out",
+    demo = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--offline", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stderr
     assert "demo OK" in demo.stdout
