@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .errors import KilnError
+from .families import FAMILY_NAMES
 from .quants import QUANT_NAMES
 
 
@@ -45,7 +46,7 @@ def _fetch_from_hub(spec: str, quiet: bool) -> tuple[Path, str]:
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    return folder, repo.split("/")[-1]
+    return folder, repo
 
 
 @click.command("convert")
@@ -56,8 +57,13 @@ def _fetch_from_hub(spec: str, quiet: bool) -> tuple[Path, str]:
               help=f"Output type, as llama.cpp spells it, any case: {', '.join(QUANT_NAMES)}.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="Quantization threads (default: all cores).")
+@click.option("--family", "family", type=click.Choice(FAMILY_NAMES, case_sensitive=False),
+              default=None, help="Model family, overriding the detection (which clue chose "
+              "it is printed: hub repo id, _name_or_path, folder name, tokenizer files, "
+              "vocab size).")
 @click.option("--quiet", is_flag=True, help="No progress bar, only the final line.")
-def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None, quiet: bool) -> None:
+def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None,
+                family: str | None, quiet: bool) -> None:
     """Convert the Hugging Face checkpoint SRC (a folder or a hub repo id) into one GGUF file.
 
     Tensors are streamed a few rows at a time, so memory use does not grow with model size.
@@ -74,9 +80,10 @@ def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None, qu
     from .quants import parse_quant
 
     qtype = parse_quant(quant)
+    repo_id = None
     if not src.exists():
-        src, name = _fetch_from_hub(str(src), quiet)
-        out = out or Path(f"{name}-{qtype.name.lower()}.gguf")
+        src, repo_id = _fetch_from_hub(str(src), quiet)
+        out = out or Path(f"{repo_id.split('/')[-1]}-{qtype.name.lower()}.gguf")
     out = out or default_output(src, qtype.name)
     bar_state: dict = {}
 
@@ -100,7 +107,9 @@ def convert_cmd(src: Path, out: Path | None, quant: str, threads: int | None, qu
         bar.update(nbytes, name)
 
     try:
-        summary = convert(src, out, qtype, threads=threads, progress=progress, on_plan=on_plan)
+        summary = convert(src, out, qtype, threads=threads, progress=progress, on_plan=on_plan,
+                          repo_id=repo_id, family=family,
+                          on_family=lambda text: click.echo(text, err=True))
     finally:
         if "bar" in bar_state:
             bar_state["bar"].__exit__(None, None, None)
@@ -125,12 +134,14 @@ def inspect_cmd(path: Path, as_json: bool, list_tensors: bool) -> None:
     from .gguf_info import read_info
 
     info = read_info(path, with_tensors=list_tensors or as_json)
+    info["family"] = _family_of(info["metadata"])
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
     click.echo(f"{path}: GGUF v{info['version']}, {_size(info['file_bytes'])}, "
                f"{info['n_tensors']} tensors, {info['n_params'] / 1e6:.1f}M params, "
                f"{info['bits_per_weight']:.2f} bits/weight")
+    click.echo(f"family: {info['family']}")
     click.echo("metadata:")
     for key, value in info["metadata"].items():
         click.echo(f"  {key} = {_show(value)}")
@@ -141,6 +152,18 @@ def inspect_cmd(path: Path, as_json: bool, list_tensors: bool) -> None:
         click.echo("tensors:")
         for t in info["tensors"]:
             click.echo(f"  {t['name']:40} {t['type']:6} {t['shape']}")
+
+
+def _family_of(meta: dict) -> str:
+    """kiln.family, or what the runtime would recognize in a GGUF made by another tool."""
+    from .families import family_for_gguf
+
+    if meta.get("kiln.family"):
+        return str(meta["kiln.family"])
+    arch = str(meta.get("general.architecture", ""))
+    fam = family_for_gguf(arch, str(meta.get("general.name", "")))
+    return (f"{fam.name} (recognized by architecture and name)" if fam
+            else f"none (generic {arch or 'model'})")
 
 
 def _show(value) -> str:

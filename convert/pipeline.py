@@ -83,10 +83,12 @@ def choose_type(t: OutTensor, want: Q, has_output: bool) -> tuple[Q, str]:
     return want, ""
 
 
-def plan(model_dir: Path, quant: str | Q):
-    """Open the checkpoint and decide every output tensor before any output is written."""
+def plan(model_dir: Path, quant: str | Q, repo_id: str | None = None,
+         family_name: str | None = None):
+    """Open the checkpoint and decide every output tensor before any output is written.
+    `repo_id` (a hub download) is a family clue; `family_name` overrides the detection."""
     config = load_config(model_dir)
-    family = family_for(config, model_dir)
+    family = family_for(config, model_dir, repo_id=repo_id, override=family_name)
     want = parse_quant(quant) if isinstance(quant, str) else quant
     ckpt = Checkpoint(model_dir)
     try:
@@ -103,11 +105,16 @@ def plan(model_dir: Path, quant: str | Q):
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, quant: str | Q = "f16",
             threads: int | None = None, progress: ProgressFn | None = None,
-            on_plan: Callable[[int, int], None] | None = None) -> Summary:
-    """Convert checkpoint folder `src` into GGUF file `out`. Never leaves a partial `out`."""
+            on_plan: Callable[[int, int], None] | None = None, *, repo_id: str | None = None,
+            family: str | None = None,
+            on_family: Callable[[str], None] | None = None) -> Summary:
+    """Convert checkpoint folder `src` into GGUF file `out`. Never leaves a partial `out`.
+    `on_family` hears which family was chosen and why ("family rakutenai (vocab size 48000)")."""
     started = time.perf_counter()
     model_dir, out = Path(src), Path(out)
-    family, ckpt, tensors, vocab, want = plan(model_dir, quant)
+    family, ckpt, tensors, vocab, want = plan(model_dir, quant, repo_id, family)
+    if on_family:
+        on_family(family.detection.describe())
     with ckpt:
         tensor_bytes = sum(_nbytes(t) for t in tensors)
         if on_plan:
@@ -116,7 +123,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, quant: str | Q = "f1
         tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
         try:
             writer = gguf.GGUFWriter(path=None, arch=family.gguf_arch)
-            _write_metadata(writer, family, model_dir, want, vocab)
+            _write_metadata(writer, family, model_dir, want, vocab, repo_id)
             for t in tensors:
                 writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t), t.qtype)
             try:
@@ -194,8 +201,10 @@ def _put(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
         raise TypeError(f"cannot store {key}={value!r} in GGUF")
 
 
-def _write_metadata(writer: gguf.GGUFWriter, family, model_dir: Path, want: Q, vocab) -> None:
-    name = str(family.config.get("_name_or_path") or "").rstrip("/") or model_dir.resolve().name
+def _write_metadata(writer: gguf.GGUFWriter, family, model_dir: Path, want: Q, vocab,
+                    repo_id: str | None = None) -> None:
+    name = (repo_id or str(family.config.get("_name_or_path") or "").rstrip("/")
+            or model_dir.resolve().name)
     writer.add_name(name.split("/")[-1])
     writer.add_file_type(int(FILE_TYPES[want]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

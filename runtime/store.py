@@ -310,7 +310,8 @@ class Store:
 
         parse_quant(quant)
         config = load_config(src)
-        family = family_for(config, src)
+        repo_id = (source or {}).get("repo")             # a hub pull: its repo id is a clue
+        family = family_for(config, src, repo_id=repo_id)
         staging = self._staging(name, quant)
 
         def on_plan(n_tensors: int, total: int) -> None:
@@ -322,7 +323,7 @@ class Store:
         try:
             try:
                 summary = convert(src, staging, quant, threads=threads, progress=on_bytes,
-                                  on_plan=on_plan)
+                                  on_plan=on_plan, repo_id=repo_id)
             except KilnError as exc:
                 if exc.path == str(staging):              # name the entry, not the temp file
                     raise KilnError(self.gguf_path(name, quant), exc.problem) from None

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint
@@ -61,6 +60,7 @@ class MptFamily(Family):
     name = "mpt"
     architectures = ("MPTForCausalLM", "MptForCausalLM")
     gguf_arch = "mpt"
+    generic = True
 
     # -- config --------------------------------------------------------------------------
     @property
@@ -336,29 +336,12 @@ ALAYA_TEMPLATE = (
 ALAYA_SAMPLING = {"temperature": 1.0, "top_p": 0.9, "repeat_penalty": 1.0}   # api.py
 
 
-def _mentions_alaya(model_dir: Path, config: dict) -> bool:
-    names = [str(config.get("_name_or_path", "")), Path(model_dir).resolve().name]
-    if any("alaya" in n.lower() for n in names):
-        return True
-    for fname in ("tokenizer_config.json", "special_tokens_map.json", "README.md"):
-        path = Path(model_dir) / fname
-        if path.is_file():
-            text = path.read_text(encoding="utf-8", errors="replace")[:200_000]
-            if "Alaya" in text or "DataCanvas" in text:
-                return True
-    return False
-
-
 class AlayaFamily(MptFamily):
     name = "alaya"
-
-    @classmethod
-    def claims(cls, config: dict, model_dir: Path) -> bool:
-        return config.get("vocab_size") == ALAYA_VOCAB or _mentions_alaya(model_dir, config)
-
-    @classmethod
-    def recognizes_gguf(cls, arch: str, name: str) -> bool:
-        return arch == "mpt" and "alaya" in name.lower()
+    generic = False
+    name_hints = ("alaya",)
+    file_hints = ("Alaya", "DataCanvas")
+    vocab_sizes = (ALAYA_VOCAB,)
 
     def vocab(self) -> Vocab:
         vocab = super().vocab()

@@ -35,15 +35,19 @@ class Family:
             raise KilnError(self.config_path, f"missing required field '{keys[0]}'")
         return default
 
-    @classmethod
-    def claims(cls, config: dict, model_dir: Path) -> bool:
-        """Whether this family takes a checkpoint of one of its architectures."""
-        return True
+    # -- detection clues, read by the one rule in convert/families/__init__.py ---------------
+    generic = False                  # the architecture's plain module: chosen without a clue
+    name_hints: tuple[str, ...] = ()  # lower-case text in the repo id, _name_or_path, folder
+    file_hints: tuple[str, ...] = ()  # text in tokenizer_config / special_tokens_map / README
+    vocab_sizes: tuple[int, ...] = ()  # vocabulary sizes that only this family has
+    detection = None                 # set by family_for: which clue chose this family
 
     @classmethod
     def recognizes_gguf(cls, arch: str, name: str) -> bool:
-        """Whether a GGUF made by another tool (no kiln.family) is of this family."""
-        return False
+        """Whether a GGUF made by another tool (no kiln.family) is of this family: its
+        architecture and a name hint in its general.name or file name."""
+        return (arch == cls.gguf_arch and not cls.generic
+                and any(h in name.lower() for h in cls.name_hints))
 
     # -- what a family defines -----------------------------------------------------------
     def n_vocab(self) -> int:

@@ -23,6 +23,7 @@ class LlamaFamily(Family):
     name = "llama"
     architectures = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
     gguf_arch = "llama"
+    generic = True
 
     # -- shape facts -------------------------------------------------------------------
     @property

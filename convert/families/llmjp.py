@@ -6,8 +6,6 @@ tokenizer has no Unigram-with-byte-fallback, so kiln marks the GGUF for the exac
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..vocab import Vocab
 from .llama import LlamaFamily
 
@@ -39,27 +37,12 @@ def _same_template(a: str, b: str) -> bool:
     return "".join(a.split()) == "".join(b.split())
 
 
-def _mentions_llmjp(model_dir: Path, config: dict) -> bool:
-    if "llm-jp" in str(config.get("_name_or_path", "")).lower():
-        return True
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = model_dir / name
-        if path.is_file() and "LLM-jp" in path.read_text(encoding="utf-8", errors="replace"):
-            return True
-    return False
-
-
 class LlmJpFamily(LlamaFamily):
     name = "llm-jp"
     architectures = ("LlamaForCausalLM", "MixtralForCausalLM")
-
-    @classmethod
-    def claims(cls, config: dict, model_dir: Path) -> bool:
-        return _mentions_llmjp(model_dir, config)
-
-    @classmethod
-    def recognizes_gguf(cls, arch: str, name: str) -> bool:
-        return arch == "llama" and "llm-jp" in name.lower()
+    name_hints = ("llm-jp",)
+    generic = False
+    file_hints = ("LLM-jp",)        # its tokenizer_config / special_tokens_map say so
 
     original_template: str | None = None
 

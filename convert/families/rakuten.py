@@ -6,8 +6,6 @@ Vicuna's newlines, which llama.cpp's built-in Vicuna template would use).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..vocab import Vocab
 from .llama import LlamaFamily
 
@@ -30,15 +28,9 @@ TEMPLATE = (
 class RakutenFamily(LlamaFamily):
     name = "rakutenai"
     architectures = ("MistralForCausalLM",)
-
-    @classmethod
-    def claims(cls, config: dict, model_dir: Path) -> bool:
-        named = "rakuten" in str(config.get("_name_or_path", "")).lower()
-        return named or int(config.get("vocab_size") or 0) == 48000
-
-    @classmethod
-    def recognizes_gguf(cls, arch: str, name: str) -> bool:
-        return arch == "llama" and "rakuten" in name.lower()
+    name_hints = ("rakuten",)
+    generic = False
+    vocab_sizes = (48000,)          # Mistral's 32000 extended with Japanese pieces
 
     def chat_template(self, vocab: Vocab | None) -> str:
         return TEMPLATE

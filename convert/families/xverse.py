@@ -52,6 +52,7 @@ class XverseFamily(LlamaFamily):
     name = "xverse"
     architectures = ("XverseForCausalLM",)
     gguf_arch = "xverse"
+    generic = False                # (LlamaFamily is the generic module)
 
     @classmethod
     def recognizes_gguf(cls, arch: str, name: str) -> bool:
