@@ -49,12 +49,15 @@ class Case:
     messages: list[dict]
     want: str                       # the official prompt, BOS text included where it has one
     want_ids: list[int] = field(default_factory=list)
-    got: str | None = None
+    got: str | None = None          # llama-server's /apply-template
     got_ids: list[int] | None = None
+    hf_text: str | None = None      # transformers' apply_chat_template with the GGUF's template
+    kiln_text: str | None = None    # kiln's own sandbox (runtime.prompt)
 
 
 @dataclass
 class Built:
+    src: Path                       # the checkpoint folder
     gguf: Path
     bos: str                        # BOS text the template may print
     add_bos: bool
@@ -88,7 +91,7 @@ def build_llmjp(d: Path) -> Built:
         for msgs in tl.conversations(system):
             want = tl.llmjp_reference(msgs)
             cases.append(Case(_name(msgs) + label, msgs, want, ids(want)))
-    return Built(_convert(src, d), "<s>", True, False, {1, 2}, cases)
+    return Built(src, _convert(src, d), "<s>", True, False, {1, 2}, cases)
 
 
 def build_rakuten(d: Path) -> Built:
@@ -111,7 +114,7 @@ def build_rakuten(d: Path) -> Built:
             for i, part in enumerate(want[len("<s>"):].split("</s>")):
                 ref += ([sp.eos_id()] if i else []) + (sp.encode(part) if part else [])
             cases.append(Case(_name(msgs), msgs, want, ref))
-    return Built(_convert(src, d), "<s>", True, True, {1, 2}, cases)
+    return Built(src, _convert(src, d), "<s>", True, True, {1, 2}, cases)
 
 
 def build_jais(d: Path) -> Built:
@@ -129,7 +132,7 @@ def build_jais(d: Path) -> Built:
                 msgs = tj.conversation(texts, turns, system)
                 want = tj.expected_prompt(prompts, msgs)
                 cases.append(Case(f"{lang}: {_name(msgs)}{label}", msgs, want, ids(want)))
-    return Built(_convert(src, d), "<|endoftext|>", False, True, {0}, cases)
+    return Built(src, _convert(src, d), "<|endoftext|>", False, True, {0}, cases)
 
 
 def _xverse_or_alaya_cases(turns_text, system_text, reference, ids) -> list[Case]:
@@ -154,7 +157,7 @@ def build_xverse(d: Path) -> Built:
     cases = _xverse_or_alaya_cases(tx.TURNS, "You are a helpful assistant.",
                                    lambda m: tx.reference_prompt(m, "<|endoftext|>"),
                                    _ids_hf(src / "tokenizer.json"))
-    return Built(_convert(src, d), "<|startoftext|>", False, False, {2, 3}, cases)
+    return Built(src, _convert(src, d), "<|startoftext|>", False, False, {2, 3}, cases)
 
 
 def build_alaya(d: Path) -> Built:
@@ -164,7 +167,7 @@ def build_alaya(d: Path) -> Built:
     src = ta.build_own(d / "alaya", **spec)
     cases = _xverse_or_alaya_cases(ta.TURNS, "You are a helpful assistant.",
                                    ta.reference_prompt, _ids_hf(src / "tokenizer.json"))
-    return Built(_convert(src, d), "<s>", False, True, {1, 2}, cases)
+    return Built(src, _convert(src, d), "<s>", False, True, {1, 2}, cases)
 
 
 BUILDERS = {"llm-jp": build_llmjp, "rakutenai": build_rakuten, "jais": build_jais,
@@ -237,6 +240,7 @@ def served(request, server_exe, tmp_path_factory):
     family = request.param
     d = tmp_path_factory.mktemp(family)
     built = BUILDERS[family](d)
+    _render_elsewhere(built)
     server = Server(server_exe, built.gguf, d / "server.log")
     try:
         for case in built.cases:
@@ -248,6 +252,32 @@ def served(request, server_exe, tmp_path_factory):
         server.close()
     RESULTS[family] = (built, built.cases)
     return family, built
+
+
+def _render_elsewhere(built: Built) -> None:
+    """The GGUF's template rendered by transformers' apply_chat_template (a tokenizer that
+    knows only the GGUF's BOS / EOS texts: the template needs nothing else) and by kiln's
+    runtime sandbox."""
+    import gguf
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from runtime.meta import read_meta
+    from runtime.prompt import PromptBuilder
+
+    fields = gguf.GGUFReader(str(built.gguf)).fields
+    template = fields["tokenizer.chat_template"].contents()
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    bos = tokens[fields["tokenizer.ggml.bos_token_id"].contents()]
+    eos = tokens[fields["tokenizer.ggml.eos_token_id"].contents()]
+    tiny = Tokenizer(models.WordLevel({"<unk>": 0, bos: 1, eos: 2}, unk_token="<unk>"))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tiny, bos_token=bos, eos_token=eos,
+                                 unk_token="<unk>")
+    kiln_prompt = PromptBuilder(read_meta(built.gguf), None)
+    for case in built.cases:
+        case.hf_text = hf.apply_chat_template(case.messages, chat_template=template,
+                                              tokenize=False, add_generation_prompt=True)
+        case.kiln_text = kiln_prompt.render(case.messages)
 
 
 # ------------------------------------------------------------------------------ tests
@@ -264,6 +294,14 @@ def test_apply_template_is_the_official_prompt(served):
     family, built = served
     for case in built.cases:
         assert case.got == served_text(built, case), (family, case.name)
+
+
+def test_transformers_and_kiln_render_the_official_prompt(served):
+    """The same template in transformers' Jinja environment and in kiln's sandbox."""
+    family, built = served
+    for case in built.cases:
+        assert case.hf_text == case.want, (family, case.name)
+        assert case.kiln_text == case.want, (family, case.name)
 
 
 def test_tokenize_gives_the_reference_ids(served):
@@ -300,13 +338,16 @@ def table(request):
     yield
     if not RESULTS:
         return
-    lines = ["", "| family | case | /apply-template | /tokenize ids |", "|---|---|---|---|"]
+    lines = ["", "| family | case | llama-server /apply-template | /tokenize ids | "
+             "transformers | kiln |", "|---|---|---|---|---|---|"]
     for family, (built, cases) in RESULTS.items():
         for c in cases:
             text = "exact" if c.got == served_text(built, c) else "DIFFERS"
             ids = "exact" if c.got_ids == c.want_ids else (
                 "DIFFER" if built.exact_ids else "differ (kiln.tokenizer = huggingface)")
-            lines.append(f"| {family} | {c.name} | {text} | {ids} |")
+            hf = "exact" if c.hf_text == c.want else "DIFFERS"
+            ours = "exact" if c.kiln_text == c.want else "DIFFERS"
+            lines.append(f"| {family} | {c.name} | {text} | {ids} | {hf} | {ours} |")
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():
         print("\n".join(lines))
