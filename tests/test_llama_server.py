@@ -351,3 +351,30 @@ def table(request):
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():
         print("\n".join(lines))
+
+
+@pytest.mark.parametrize("spelling", ["as shipped", "respelled", "reads the content", "other"])
+def test_llmjp_template_recognized_by_rendering(spelling):
+    """The llm-jp-3 instruct template is replaced whatever its spelling (recognized by what it
+    renders, the original kept); a template that reads the system content, or another format,
+    is the checkpoint's own choice and stays."""
+    from types import SimpleNamespace
+
+    from convert.families.llmjp import INSTRUCT_TEMPLATE, LLAMA_CPP_TEMPLATE, ORIGINAL_KEY, \
+        LlmJpFamily
+
+    own = {"as shipped": INSTRUCT_TEMPLATE,
+           "respelled": INSTRUCT_TEMPLATE.replace("{{bos_token}}", "{{- bos_token -}}")
+           .replace("message['role']", 'message.role').replace("{% for", "{%- for"),
+           "reads the content": LLAMA_CPP_TEMPLATE.replace(
+               "{{ message['content'] }}{% elif", "{{ '### システム:' + message['content'] }}{% elif"),
+           "other": "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"}[spelling]
+    fam = LlmJpFamily({}, Path("."))
+    vocab = SimpleNamespace(chat_template=own, special={}, hf_json=None)
+    got = fam.chat_template(vocab)
+    meta = fam.kiln_metadata(vocab)
+    assert spelling != "reads the content" or "### システム:" in own
+    if spelling in ("as shipped", "respelled"):
+        assert got == LLAMA_CPP_TEMPLATE and meta[ORIGINAL_KEY] == own
+    else:
+        assert got == own and ORIGINAL_KEY not in meta

@@ -33,8 +33,42 @@ LLAMA_CPP_TEMPLATE = INSTRUCT_TEMPLATE.replace("{{ '" + SYSTEM + "' }}", "{{ mes
 ORIGINAL_KEY = "tokenizer.chat_template.original"
 
 
-def _same_template(a: str, b: str) -> bool:
-    return "".join(a.split()) == "".join(b.split())
+_PROBE = "PROBE-SYSTEM-TEXT"
+# Conversations on which a checkpoint's template must render as LLAMA_CPP_TEMPLATE does to be
+# taken for the llm-jp-3 instruct template, whatever its spelling.
+_CHECKS = [
+    [{"role": "user", "content": "Q1"}],
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q1"}],
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q1"},
+     {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}],
+]
+
+
+def _render(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)   # transformers'
+    return env.from_string(template).render(messages=messages, bos_token="<s>",
+                                            eos_token="</s>",
+                                            add_generation_prompt=add_generation_prompt)
+
+
+def is_fixed_system_instruct(template: str) -> bool:
+    """Whether `template` is the llm-jp-3 instruct format with a system branch that ignores the
+    message's content: it renders as LLAMA_CPP_TEMPLATE for the card's system sentence and
+    without a system message, and prints SYSTEM, not the content, for another system text."""
+    from jinja2 import TemplateError
+
+    try:
+        probe = _render(template, [{"role": "system", "content": _PROBE},
+                                   {"role": "user", "content": "Q1"}], True)
+        if _PROBE in probe or SYSTEM not in probe:
+            return False
+        return all(_render(template, m, g) == _render(LLAMA_CPP_TEMPLATE, m, g)
+                   for m in _CHECKS for g in (True, False))
+    except (TemplateError, TypeError, ValueError):
+        return False
 
 
 class LlmJpFamily(LlamaFamily):
@@ -47,10 +81,10 @@ class LlmJpFamily(LlamaFamily):
     original_template: str | None = None
 
     def chat_template(self, vocab: Vocab | None) -> str:
-        """LLAMA_CPP_TEMPLATE for the llm-jp-3 instruct template (or none); another template
-        of the checkpoint's own is kept as it is."""
+        """LLAMA_CPP_TEMPLATE in place of the llm-jp-3 instruct template (the checkpoint's, or
+        none); any other template of the checkpoint's own is kept as it is."""
         own = vocab.chat_template if vocab is not None else None
-        if own and not _same_template(own, INSTRUCT_TEMPLATE):
+        if own and not is_fixed_system_instruct(own):
             return own
         self.original_template = own or INSTRUCT_TEMPLATE
         return LLAMA_CPP_TEMPLATE
