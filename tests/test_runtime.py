@@ -232,9 +232,22 @@ def test_doctor_reports_backend():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    assert info["default_threads"] >= 1
-    assert isinstance(info["gpu_offload"], bool)
-    assert "CPU" in info["system_info"]
+    # the values, against llama-cpp-python itself and the OS (lscpu where present)
+    import os
+    import shutil
+
+    import llama_cpp
+
+    assert info["llama_cpp_python"] == llama_cpp.__version__
+    assert info["system_info"] == llama_cpp.llama_print_system_info().decode().strip()
+    assert info["gpu_offload"] is bool(llama_cpp.llama_supports_gpu_offload())
+    assert info["default_device"] == ("gpu (all layers)" if info["gpu_offload"] else "cpu")
+    assert info["logical_cpus"] == os.cpu_count()
+    if shutil.which("lscpu"):
+        rows = subprocess.run(["lscpu", "-p=core,socket"], capture_output=True, text=True,
+                              timeout=30).stdout.splitlines()
+        assert info["physical_cores"] == len({r for r in rows if not r.startswith("#")})
+    assert 1 <= info["default_threads"] <= info["logical_cpus"]
 
 
 def test_chat_repl_under_a_terminal(tmp_path, sp):
