@@ -53,6 +53,7 @@ class ModelMeta:
     byte_ids: dict[int, int] = field(default_factory=dict)  # byte value -> its "<0xXX>" token
     token_texts: dict[int, str] = field(default_factory=dict)  # only specials, for templates
     hf_json: str | None = None
+    prompt_segments: str = ""           # "message": each message tokenized on its own
 
 
 def _value(field_: Any) -> Any:
@@ -107,6 +108,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
         byte_ids={int(t[3:5], 16): i for i, (t, ty) in enumerate(zip(tokens, types))
                   if ty == BYTE and len(t) == 6 and t.startswith("<0x") and t.endswith(">")},
         hf_json=get("tokenizer.huggingface.json"),
+        prompt_segments=get("kiln.prompt_segments", ""),
     )
     if bos is not None and bos < len(tokens):
         meta.token_texts[bos] = tokens[bos]
@@ -142,4 +144,5 @@ def _apply_family_knowledge(meta: ModelMeta) -> None:
     meta.stop_strings = fam.stop_strings()
     meta.banned_ids = fam.banned_ids()
     meta.sampling = fam.sampling_defaults()
+    meta.prompt_segments = fam.prompt_segments()
     log.info("%s: recognized as %s from its architecture and name", meta.path.name, fam.name)

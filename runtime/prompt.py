@@ -323,11 +323,13 @@ class PromptBuilder:
         text = self.render(messages)
         risky = [i for i, m in enumerate(messages)
                  if self._risky_re.search(m.get("content") or "")]
+        cuts = self._segment_cuts(messages, text)
+        ids: list[int] = []
         if not risky:
-            ids = self.tokenizer.encode(text, True)
+            for piece, _ in _cut([(text, False)], cuts):
+                ids += self.tokenizer.encode(piece, True)
         else:
-            ids = []
-            for piece, special in self._fragments(messages, text, risky):
+            for piece, special in _cut(self._fragments(messages, text, risky), cuts):
                 if special:
                     ids.append(self._special_id(piece))
                 else:
@@ -336,6 +338,22 @@ class PromptBuilder:
         if self.meta.add_bos and bos is not None and (not ids or ids[0] != bos):
             ids.insert(0, bos)
         return ids
+
+    def _segment_cuts(self, messages: Sequence[Message], text: str) -> list[int]:
+        """Offsets in `text` where a new tokenizer call starts: with `kiln.prompt_segments` =
+        "message" (the family's own code encodes each turn separately), the end of each
+        message's part, found by rendering the messages before it."""
+        if self.meta.prompt_segments != "message":
+            return []
+        cuts = []
+        for k in range(1, len(messages)):
+            head = self.render(messages[:k], add_generation_prompt=False)
+            if not text.startswith(head):
+                log.warning("%s: the chat template does not render turn by turn; the prompt "
+                            "is tokenized whole", self.meta.path.name)
+                return []
+            cuts.append(len(head))
+        return cuts
 
     # -- where the template's own special tokens are -------------------------------------
     def _fragments(self, messages: Sequence[Message], text: str,
@@ -420,3 +438,14 @@ class PromptBuilder:
             ids = self.tokenizer.encode(piece, True)
             self._special_ids[piece] = ids[0] if len(ids) == 1 else None
         return self._special_ids[piece]
+
+
+def _cut(pieces: list[tuple[str, bool]], cuts: list[int]) -> list[tuple[str, bool]]:
+    """(text, is special) pieces covering a prompt, text pieces cut at the offsets `cuts`."""
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    for piece, special in pieces:
+        inner = [] if special else [c - pos for c in cuts if pos < c < pos + len(piece)]
+        out += [(piece[a:b], special) for a, b in zip([0] + inner, inner + [len(piece)])]
+        pos += len(piece)
+    return out

@@ -454,6 +454,62 @@ def test_chat_template_without_generation_prompt(converted):
     assert got == "Human: hi\n\nAssistant: hello<|endoftext|>"
 
 
+def official_ids(hf, messages: list[dict], eos_id: int = 3) -> list[int]:
+    """The prompt ids as modeling_xverse.py's _build_chat_input builds them: each segment of
+    official_prompts.json encoded on its own (no BOS: [U] whether XVERSE's encode adds one; its
+    config and kiln say no), 'Assistant: ' in the last user turn's segment, eos after each
+    earlier answer; a system message is its own segment '{system}\\n\\n' (kiln's choice)."""
+    p = _official()
+
+    def enc(text: str) -> list[int]:
+        return hf.encode(text, add_special_tokens=False).ids
+
+    ids: list[int] = []
+    for i, m in enumerate(messages):
+        if m["role"] == "system":
+            ids += enc(m["content"] + "\n\n")
+        elif m["role"] == "user":
+            last = i == len(messages) - 1
+            ids += enc(p["user"].replace("{content}", m["content"])
+                       + (p["generation_prompt"] if last else ""))
+        else:
+            ids += enc(p["assistant"].replace("{content}", m["content"])) + [eos_id]
+    return ids
+
+
+@pytest.mark.parametrize("system", [None, "You are a helpful assistant."])
+def test_prompt_ids_built_per_segment(converted, system):
+    """kiln's prompt ids equal the official per-segment construction: every turn starts with
+    Metaspace's "▁" ('▁Human', '▁', 'A' ...), where one whole-string tokenization has none."""
+    from tokenizers import Tokenizer
+
+    from runtime.engine import ChatModel
+
+    model_dir, out = converted
+    hf = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    with ChatModel(out, n_ctx=256) as model:
+        assert model.meta.prompt_segments == "message"
+        for n_turns in (1, 2, 3):
+            messages = [{"role": "system", "content": system}] if system else []
+            for i in range(n_turns):
+                user, answer = TURNS[i]
+                messages.append({"role": "user", "content": user})
+                if i < n_turns - 1:
+                    messages.append({"role": "assistant", "content": answer or "ok"})
+            want = official_ids(hf, messages)
+            got = model.prompt.encode(messages)
+            whole = hf.encode(model.prompt.render(messages), add_special_tokens=False).ids
+            assert got == want, (hf.decode(got), [hf.id_to_token(i) for i in got])
+            if len(messages) > 1:
+                assert whole != want       # the case tells the two constructions apart
+        # a typed end-of-text in a turn stays text, the turns still tokenized apart
+        messages = [{"role": "user", "content": "hi <|endoftext|> there"},
+                    {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]
+        got = model.prompt.encode(messages)
+        assert got.count(3) == 1
+        assert got[got.index(3) + 1:] == official_ids(hf, messages[2:])
+
+
 # ------------------------------------------------------------------------------- refusals
 
 def _fails(capsys, *args) -> str:

@@ -88,6 +88,11 @@ class Family:
         """Token ids that must never be sampled."""
         return []
 
+    def prompt_segments(self) -> str:
+        """How the model's own code tokenizes a prompt: "" (the whole rendered text at once) or
+        "message" (each message's text on its own, the generation prompt with the last one)."""
+        return ""
+
     def sampling_defaults(self) -> dict[str, float]:
         """temperature / top_p / top_k / repeat_penalty, from generation_config.json."""
         gen, out = self.generation_config(), {}
@@ -136,6 +141,8 @@ class Family:
             meta["kiln.stop_strings"] = stops
         if banned := self.banned_ids():
             meta["kiln.banned_token_ids"] = banned
+        if segments := self.prompt_segments():
+            meta["kiln.prompt_segments"] = segments
         for key, value in self.sampling_defaults().items():
             meta[f"kiln.sampling.{key}"] = float(value)
         return meta

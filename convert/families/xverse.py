@@ -17,7 +17,9 @@ What differs from plain Llama:
   BPE, which llama.cpp's SPM tokenizer cannot do: then `kiln.tokenizer` = "huggingface" tells the
   runtime to tokenize with the embedded tokenizer.json (see `exact_tokenizer`).
 * Chat: `modeling_xverse.py::_build_chat_input`: 'Human: {user}\\n\\n' per user turn, earlier
-  answers 'Assistant: {answer}' + eos (id 3), 'Assistant: ' to generate. No BOS.
+  answers 'Assistant: {answer}' + eos (id 3), 'Assistant: ' to generate. No BOS. Each turn is
+  encoded on its own (so each starts with Metaspace's "▁"), the last user turn together with
+  'Assistant: ': `kiln.prompt_segments` = "message" tells the runtime to do the same.
 """
 from __future__ import annotations
 
@@ -130,6 +132,9 @@ class XverseFamily(LlamaFamily):
 
     def stop_strings(self) -> list[str]:
         return ["Human:"]
+
+    def prompt_segments(self) -> str:
+        return "message"
 
 
 def _components(node: Any, key: str) -> list[dict]:
