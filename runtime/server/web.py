@@ -33,11 +33,13 @@ async def health(request: Request):
     return {"status": "ok", "loaded": sorted(pool.loaded)}
 
 
-@router.api_route("/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+                  include_in_schema=False)
 async def static(path: str, request: Request):
     """The page's other files; nothing outside runtime/web/ is ever served."""
-    if path.startswith(("v1/", "api/")) or path in ("v1", "api"):
-        raise ApiError(404, f"no such endpoint: /{path}", code="not_found")
+    if request.method not in ("GET", "HEAD") or path.startswith(("v1/", "api/")) or \
+            path in ("v1", "api"):
+        raise ApiError(404, f"no such endpoint: {request.method} /{path}", code="not_found")
     root = Path(request.app.state.config.web_dir).resolve()
     target = (root / path).resolve()
     if root in target.parents and target.is_file():
