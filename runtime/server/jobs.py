@@ -26,7 +26,8 @@ class CancelRecord:
     tokens_at_cancel: int
     tokens_at_end: int
     seconds_to_free: float
-    started: bool
+    started: bool                 # False: it was still waiting in the queue
+    freed_at: float               # time.perf_counter() when the model was free again
 
 
 class Job:
@@ -130,7 +131,7 @@ class Job:
             at, tokens = self._cancel_mark
             self.pool.cancellations.append(CancelRecord(
                 self.lm.id, tokens, self.stats.generated_tokens, self.ended_at - at,
-                self._thread is not None))
+                self._thread is not None, self.ended_at))
 
 
 class ClientGone(Exception):
