@@ -33,7 +33,8 @@ def _host_of(netloc: str) -> str:
 
 
 def is_loopback_bind(host: str) -> bool:
-    return _is_local_name(host)
+    """Listening on loopback only (0.0.0.0 and :: are every interface)."""
+    return host.strip("[]") not in ("0.0.0.0", "::", "") and _is_local_name(host)
 
 
 class Guard:
