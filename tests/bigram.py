@@ -28,8 +28,10 @@ def text_chain(sp, text: str) -> list[int]:
     return ids
 
 
-def build(out: Path, chains: list[list[int]], cycle: list[int] | None = None) -> Path:
-    """Each chain is [start, t1, t2, ...]: after `start` the model says t1, t2, ... then eos."""
+def build(out: Path, chains: list[list[int]], cycle: list[int] | None = None,
+          n_ctx: int = 256) -> Path:
+    """Each chain is [start, t1, t2, ...]: after `start` the model says t1, t2, ... then eos.
+    `n_ctx` is the trained context length (a long one lets a cycle run for many seconds)."""
     import sentencepiece as spm
 
     n_vocab = make_spm_tokenizer(out)
@@ -75,8 +77,44 @@ def build(out: Path, chains: list[list[int]], cycle: list[int] | None = None) ->
               str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": D,
               "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+              "num_key_value_heads": 4, "max_position_embeddings": n_ctx, "rms_norm_eps": 1e-5,
               "vocab_size": n_vocab, "bos_token_id": 1, "eos_token_id": eos,
               "tie_word_embeddings": False}
     (out / "config.json").write_text(json.dumps(config))
     return out
+
+
+def spell(sp, text: str) -> list[int]:
+    """Distinct token ids (vocabulary pieces or byte-fallback tokens) that spell `text`; the
+    search lets a scripted answer repeat a character by using a different token for it."""
+    pieces: dict[str, list[int]] = {}
+    for i in range(sp.get_piece_size()):
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i)):
+            pieces.setdefault(sp.id_to_piece(i).replace("\u2581", " "), []).append(i)
+    data = text.encode("utf-8")
+    used: set[int] = set()
+
+    def options(pos: int):
+        for piece, ids in sorted(pieces.items(), key=lambda kv: -len(kv[0])):
+            b = piece.encode("utf-8")
+            if piece and data.startswith(b, pos) and not (pos == 0 and piece[0] == " "):
+                yield from ((i, len(b)) for i in ids)
+        yield byte_id(sp, data[pos]), 1
+
+    def search(pos: int) -> list[int] | None:
+        if pos == len(data):
+            return []
+        for tok, n in options(pos):
+            if tok in used:
+                continue
+            used.add(tok)
+            rest = search(pos + n)
+            if rest is not None:
+                return [tok] + rest
+            used.discard(tok)
+        return None
+
+    ids = search(0)
+    if ids is None:
+        raise ValueError(f"{text!r} cannot be spelled with distinct tokens")
+    return ids
