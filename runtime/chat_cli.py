@@ -119,12 +119,18 @@ Ctrl-C stops an answer and keeps the session."""
 @click.command("chat")
 @click.argument("model")
 @model_options
-def chat_cmd(model: str, **o) -> None:
+@click.option("--web", is_flag=True,
+              help="Chat in the browser instead: start kiln serve with MODEL on this machine "
+                   "(port 8080, else the next free one) and open its chat page. Sampling "
+                   "then follows the model's defaults.")
+def chat_cmd(model: str, web: bool, **o) -> None:
     """Chat with MODEL interactively, streaming its answers.
 
     MODEL is a GGUF file, a store name (see kiln list) or a hub repo id (downloaded and
     converted on first use). Type /help for commands.
     """
+    if web:
+        return _chat_in_browser(model, o)
     chat = _load(model, o)
     system = o["system"]
     history: list[dict] = []
@@ -186,6 +192,51 @@ def chat_cmd(model: str, **o) -> None:
                                    f"{note}]", dim=True), err=True)
     finally:
         chat.close()
+
+
+def _chat_in_browser(model: str, o: dict) -> None:
+    """`kiln chat MODEL --web`: kiln serve on loopback, the browser opened on its page once it
+    answers. Past chats live in the browser per address, so the port stays 8080 when it can."""
+    import threading
+    import time
+    import urllib.request
+    import webbrowser
+    from urllib.parse import quote
+
+    from .server.cli import serve_cmd
+
+    port = _pick_port()
+    url = f"http://127.0.0.1:{port}/#model={quote(model)}"
+
+    def open_when_up() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            click.echo(f"chat page: {url}", err=True)
+            webbrowser.open(url)
+            return
+
+    threading.Thread(target=open_when_up, daemon=True).start()
+    click.get_current_context().invoke(
+        serve_cmd, models=(model,), port=port, n_ctx=o["n_ctx"], device=o["device"],
+        gpu_layers=o["gpu_layers"], threads=o["threads"], llama_log=o["llama_log"])
+
+
+def _pick_port() -> int:
+    import socket
+
+    for port in [*range(8080, 8090), 0]:      # 0: any free port
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise KilnError("127.0.0.1", "no free port to serve the chat page on")
 
 
 @click.command("doctor")

@@ -100,7 +100,8 @@ def open_page(browser):
         ctx.close()
     outside = [u for u in seen if not u.startswith(("data:", "blob:"))
                and urlsplit(u).hostname != "127.0.0.1"]
-    assert seen and not outside, f"requests off loopback: {outside}"
+    assert not outside, f"requests off loopback: {outside}"
+    assert seen or not contexts
     assert not errors, errors
 
 
@@ -380,3 +381,40 @@ def test_narrow_window(open_page, srv):
     page.screenshot(path=str(SCREENSHOTS / "narrow-chats.png"))
     page.click("#chat-list .open")
     expect(page.locator("#sidebar")).to_be_hidden()
+
+
+def test_kiln_chat_web_serves_and_opens_the_page(open_page, store, tmp_path):
+    """`kiln chat MODEL --web`: the server starts and the browser ($BROWSER) opens its page
+    with MODEL chosen."""
+    import signal
+    import subprocess
+    import sys
+
+    opened = tmp_path / "opened.txt"
+    fake_browser = tmp_path / "browser.sh"
+    fake_browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    fake_browser.chmod(0o755)
+    env = {**os.environ, "BROWSER": str(fake_browser), "KILN_HOME": str(store["home"])}
+    import runtime
+
+    repo = Path(runtime.__file__).parent.parent   # the code under test, run as a command
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "chat", "sky", "--web",
+                             "--threads", "1"], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: opened.exists() and opened.read_text().strip() or proc.poll() is not None,
+                 timeout=60, what="kiln chat --web to open the browser")
+        assert proc.poll() is None, proc.communicate()[1]
+        url = opened.read_text().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/#model=sky", url), url
+        page = open_page(url)
+        expect(page.locator("#model option")).to_have_count(3)
+        assert page.input_value("#model") == "sky:f32"
+        ask(page, "from kiln chat --web")
+        wait_answered(page, 1)
+        expect(answers(page)).to_have_text([ANSWER])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "chat page: http://127.0.0.1:" in err

@@ -180,12 +180,12 @@ function fillPicker() {
 // `kiln chat MODEL --web` opens the page as /#model=MODEL (a store name, NAME:QUANT or a path).
 function modelFromHash() {
   const spec = new URLSearchParams(location.hash.slice(1)).get("model");
-  if (!spec) return null;
+  if (!spec || !state.models.length) return null;
   const stem = spec.split(/[\\/]/).pop().replace(/\.gguf$/i, "");
   const m = state.models.find((x) => x.id === spec) ||
-    state.models.find((x) => x.id.startsWith(`${spec}:`)) ||
+    state.models.find((x) => x.id.startsWith(`${spec}:`) || x.id.startsWith(`${stem}:`)) ||
     state.models.find((x) => x.id === stem || x.id.endsWith(`/${stem}`));
-  return m ? m.id : null;
+  return (m || state.models[0]).id;   // kiln serve lists the models it was given first
 }
 
 function pickModel(id) {
