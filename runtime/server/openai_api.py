@@ -36,18 +36,24 @@ def _common_checks(req) -> None:
         raise bad_request("logprobs: not supported", param="logprobs")
 
 
+def _model(m) -> dict:
+    """A model as OpenAI lists it, plus what the chat page's picker shows (`kiln`), read from
+    the store's manifest without opening the GGUF."""
+    manifest = getattr(m.entry, "manifest", None) or {}
+    return {"id": m.id, "object": "model", "created": int(m.modified), "owned_by": "kiln",
+            "kiln": {"family": manifest.get("family"), "quant": getattr(m.entry, "quant", None),
+                     "size": m.size}}
+
+
 @router.get("/v1/models")
 async def list_models(request: Request):
     pool = request.app.state.pool
-    return {"object": "list", "data": [
-        {"id": m.id, "object": "model", "created": int(m.modified), "owned_by": "kiln"}
-        for m in pool.models()]}
+    return {"object": "list", "data": [_model(m) for m in pool.models()]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request):
-    m = request.app.state.pool.resolve(model_id)
-    return {"id": m.id, "object": "model", "created": int(m.modified), "owned_by": "kiln"}
+    return _model(request.app.state.pool.resolve(model_id))
 
 
 @router.post("/v1/chat/completions")
@@ -109,9 +115,10 @@ async def chat_completions(request: Request):
             yield _sse(_error(exc))
             return
         yield chunk({}, FINISH.get(job.stats.finish_reason, "stop"))
-        if include_usage:
+        if include_usage:  # `kiln`: the engine's own speed, shown by the chat page
             yield _sse({**base, "object": "chat.completion.chunk", "choices": [],
-                        "usage": _usage(job.stats)})
+                        "usage": _usage(job.stats), "kiln": {
+                            "tokens_per_second": round(job.stats.tokens_per_second, 2)}})
         yield b"data: [DONE]\n\n"
 
     return JobStream(job, events(), media_type="text/event-stream", headers=headers)
