@@ -54,6 +54,7 @@ class Case:
     got_ids: list[int] | None = None
     hf_text: str | None = None      # transformers' apply_chat_template with the GGUF's template
     kiln_text: str | None = None    # kiln's own sandbox (runtime.prompt)
+    lcp_text: str | None = None     # llama-cpp-python's chat formatter (its server, Llama.chat)
 
 
 @dataclass
@@ -261,8 +262,9 @@ def served(request, server_exe, tmp_path_factory):
 def _render_elsewhere(built: Built) -> None:
     """The GGUF's template rendered by transformers' apply_chat_template (a tokenizer that
     knows only the GGUF's BOS / EOS texts: the template needs nothing else) and by kiln's
-    runtime sandbox."""
+    runtime sandbox, and by llama-cpp-python's Jinja2ChatFormatter."""
     import gguf
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -278,10 +280,12 @@ def _render_elsewhere(built: Built) -> None:
     hf = PreTrainedTokenizerFast(tokenizer_object=tiny, bos_token=bos, eos_token=eos,
                                  unk_token="<unk>")
     kiln_prompt = PromptBuilder(read_meta(built.gguf), None)
+    lcp = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
     for case in built.cases:
         case.hf_text = hf.apply_chat_template(case.messages, chat_template=template,
                                               tokenize=False, add_generation_prompt=True)
         case.kiln_text = kiln_prompt.render(case.messages)
+        case.lcp_text = lcp(messages=case.messages).prompt
 
 
 # ------------------------------------------------------------------------------ tests
@@ -300,12 +304,14 @@ def test_apply_template_is_the_official_prompt(served):
         assert case.got == served_text(built, case), (family, case.name)
 
 
-def test_transformers_and_kiln_render_the_official_prompt(served):
-    """The same template in transformers' Jinja environment and in kiln's sandbox."""
+def test_transformers_kiln_and_llama_cpp_python_render_the_official_prompt(served):
+    """The same template in transformers' Jinja environment, in kiln's sandbox and in
+    llama-cpp-python's chat formatter."""
     family, built = served
     for case in built.cases:
         assert case.hf_text == case.want, (family, case.name)
         assert case.kiln_text == case.want, (family, case.name)
+        assert case.lcp_text == case.want, (family, case.name)
 
 
 def test_tokenize_gives_the_reference_ids(served):
@@ -343,7 +349,7 @@ def table(request):
     if not RESULTS:
         return
     lines = ["", "| family | case | llama-server /apply-template | /tokenize ids | "
-             "transformers | kiln |", "|---|---|---|---|---|---|"]
+             "transformers | kiln | llama-cpp-python |", "|---|---|---|---|---|---|---|"]
     for family, (built, cases) in RESULTS.items():
         for c in cases:
             text = "exact" if c.got == served_text(built, c) else "DIFFERS"
@@ -351,7 +357,8 @@ def table(request):
                 "DIFFER" if built.exact_ids else "differ (kiln.tokenizer = huggingface)")
             hf = "exact" if c.hf_text == c.want else "DIFFERS"
             ours = "exact" if c.kiln_text == c.want else "DIFFERS"
-            lines.append(f"| {family} | {c.name} | {text} | {ids} | {hf} | {ours} |")
+            lcp = "exact" if c.lcp_text == c.want else "DIFFERS"
+            lines.append(f"| {family} | {c.name} | {text} | {ids} | {hf} | {ours} | {lcp} |")
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():
         print("\n".join(lines))
