@@ -328,13 +328,16 @@ def test_tokenize_gives_the_reference_ids(served):
 
 def test_gguf_template_keys(served):
     """llm-jp's GGUF holds the llama.cpp-friendly template and, under
-    tokenizer.chat_template.original, the checkpoint's own; no other family needs a second one."""
+    tokenizer.chat_template.original, the checkpoint's own; no other family needs a second one.
+    add_bos_token is what the cases assumed."""
     import gguf
 
     from convert.families.llmjp import INSTRUCT_TEMPLATE, LLAMA_CPP_TEMPLATE, ORIGINAL_KEY
 
     family, built = served
     fields = gguf.GGUFReader(str(built.gguf)).fields
+    # the BOS rule /tokenize was called with is the GGUF's
+    assert bool(fields["tokenizer.ggml.add_bos_token"].contents()) is built.add_bos
     if family == "llm-jp":
         assert fields["tokenizer.chat_template"].contents() == LLAMA_CPP_TEMPLATE
         assert fields[ORIGINAL_KEY].contents() == INSTRUCT_TEMPLATE
