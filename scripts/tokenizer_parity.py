@@ -41,7 +41,8 @@ from tokenizer_corpus import CORPUS, TRAIN  # noqa: E402
 
 SPACE = "\u2581"
 BYTES = [f"<0x{i:02X}>" for i in range(256)]
-LLMJP_FIXTURE = Path(os.environ.get("KILN_SHARED") or ROOT.parent / "shared") / "fixtures" / "llm-jp-3-tokenizer"
+SHARED = Path(os.environ.get("KILN_SHARED") or ROOT.parent / "shared")   # KILN_SHARED overrides
+LLMJP_FIXTURE = SHARED / "fixtures" / "llm-jp-3-tokenizer"
 
 
 # ============================================================================== references
