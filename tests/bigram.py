@@ -29,12 +29,14 @@ def text_chain(sp, text: str) -> list[int]:
 
 
 def build(out: Path, chains: list[list[int]], cycle: list[int] | None = None,
-          n_ctx: int = 256) -> Path:
+          n_ctx: int = 256, corpus: tuple[str, ...] = (), vocab_size: int = 400) -> Path:
     """Each chain is [start, t1, t2, ...]: after `start` the model says t1, t2, ... then eos.
-    `n_ctx` is the trained context length (a long one lets a cycle run for many seconds)."""
+    `n_ctx` is the trained context length (a long one lets a cycle run for many seconds);
+    `corpus`, `vocab_size`: extra tokenizer training text and a larger vocabulary, so answers in
+    other scripts can be spelled (see make_spm_tokenizer, spell)."""
     import sentencepiece as spm
 
-    n_vocab = make_spm_tokenizer(out)
+    n_vocab = make_spm_tokenizer(out, vocab_size, extra=corpus)
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     eos = sp.eos_id()
     rng = np.random.default_rng(0)

@@ -23,13 +23,14 @@ CORPUS = [
 ] * 20
 
 
-def make_spm_tokenizer(out_dir: Path, vocab_size: int = 400) -> int:
-    """A SentencePiece BPE model with byte fallback (Llama/Mistral style); returns its size."""
+def make_spm_tokenizer(out_dir: Path, vocab_size: int = 400, extra: tuple[str, ...] = ()) -> int:
+    """A SentencePiece BPE model with byte fallback (Llama/Mistral style); returns its size.
+    `extra` sentences join the corpus (e.g. text in another script that answers must spell)."""
     import sentencepiece as spm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS), encoding="utf-8")
+    corpus.write_text("\n".join(CORPUS + list(extra) * 20), encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size,
         model_type="bpe", byte_fallback=True, character_coverage=1.0,

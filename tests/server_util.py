@@ -19,14 +19,15 @@ STOPS = ["USER:"]
 
 
 def scripted_gguf(d: Path, chains, *, cycle=None, template: str = TEMPLATE, stops=STOPS,
-                  sampling=None, banned=(), dim: int | None = None, n_ctx: int = 256) -> Path:
-    """Convert a scripted bigram checkpoint with kiln, the family knowledge patched in."""
+                  sampling=None, banned=(), dim: int | None = None, **build) -> Path:
+    """Convert a scripted bigram checkpoint with kiln, the family knowledge patched in
+    (`build`: bigram.build's n_ctx, corpus, vocab_size)."""
     from runtime.cli import cli
 
     mp = pytest.MonkeyPatch()
     if dim:
         mp.setattr(bigram, "D", dim)
-    bigram.build(d / "ckpt", chains, cycle=cycle, n_ctx=n_ctx)
+    bigram.build(d / "ckpt", chains, cycle=cycle, **build)
     out = d / "model.gguf"
     mp.setattr(LlamaFamily, "chat_template", lambda self, vocab: template)
     mp.setattr(LlamaFamily, "stop_strings", lambda self: list(stops))

@@ -1,6 +1,7 @@
 // Markdown for model answers, written by hand and safe by construction: every piece of the
 // model's text is HTML-escaped before any tag of ours is added, so `<img onerror=…>` stays text.
-// Fenced code is kept exactly as typed; images are never loaded (shown as links).
+// Fenced code is kept exactly as typed; images are never loaded (shown as links). Paragraphs,
+// headings, lists and tables take their direction from their own text (dir="auto").
 "use strict";
 
 const KilnMarkdown = (() => {
@@ -70,7 +71,7 @@ const KilnMarkdown = (() => {
       } else if (!line.trim()) {
         i++;
       } else if ((m = HEADING.exec(line))) {
-        out.push(`<h${m[1].length}>${inline(m[2])}</h${m[1].length}>`);
+        out.push(`<h${m[1].length} dir="auto">${inline(m[2])}</h${m[1].length}>`);
         i++;
       } else if (RULE.test(line)) {
         out.push("<hr>");
@@ -101,15 +102,15 @@ const KilnMarkdown = (() => {
           const nested = it.slice(1).some((l) => ITEM.test(l) || FENCE.test(l));
           return `<li>${nested ? inline(it[0]) + blocks(it.slice(1)) : inline(it.join("\n"))}</li>`;
         });
-        out.push(`<${tag}${start}>${lis.join("")}</${tag}>`);
+        out.push(`<${tag} dir="auto"${start}>${lis.join("")}</${tag}>`);
       } else if (line.includes("|") && i + 1 < lines.length && TABLE_SEP.test(lines[i + 1]) &&
                  lines[i + 1].includes("-")) {
         const head = cells(line);
         i += 2;
         const rows = [];
         while (i < lines.length && lines[i].includes("|") && lines[i].trim()) rows.push(cells(lines[i++]));
-        const tr = (r, t) => `<tr>${r.map((c) => `<${t} dir="auto">${inline(c)}</${t}>`).join("")}</tr>`;
-        out.push(`<div class="table"><table><thead>${tr(head, "th")}</thead>` +
+        const tr = (r, t) => `<tr>${r.map((c) => `<${t}>${inline(c)}</${t}>`).join("")}</tr>`;
+        out.push(`<div class="table" dir="auto"><table><thead>${tr(head, "th")}</thead>` +
           `<tbody>${rows.map((r) => tr(r, "td")).join("")}</tbody></table></div>`);
       } else {
         const para = [];
