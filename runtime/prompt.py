@@ -7,13 +7,14 @@ plain text.  `PromptBuilder.encode` renders the template once with the real mess
 with a sentinel in place of each message that spells a special token, so it knows which
 characters of the prompt are the template's; special tokens are parsed there only.
 
-Two tokenizers, chosen by `make_tokenizer` from the GGUF's `kiln.tokenizer`:
+Two tokenizers, chosen by `make_tokenizer`:
 
-* `NativeTokenizer`: llama.cpp's own (exact for SentencePiece-BPE and GPT-2 byte-level
-  vocabularies, see tests/test_tokenizer_parity.py).
-* `HFTokenizer`: the embedded `tokenizer.huggingface.json` through the `tokenizers` library,
-  for families whose llama.cpp tokenization is known to differ (llm-jp's Unigram, XVERSE's
-  pre-tokenizer); the ids are then handed to llama.cpp.
+* `HFTokenizer`: the model's own tokenizer.json, embedded by kiln's converter in every GGUF it
+  writes (`tokenizer.huggingface.json`), through the `tokenizers` library; the ids are then
+  handed to llama.cpp. Exact by construction, whatever the tokenizer's shape: no guess about
+  which shapes llama.cpp reproduces.
+* `NativeTokenizer`: llama.cpp's own, for GGUFs without an embedded tokenizer.json (made by
+  other tools). Its parity for each tokenizer shape is measured by scripts/tokenizer_parity.py.
 
 Both decode (`decode(ids)`, and `stream()` for token-by-token output that never splits a UTF-8
 character): the text comes back exactly, decode(encode(text)) == text.
@@ -26,6 +27,8 @@ import json
 import logging
 import random
 import re
+import threading
+import time
 from typing import Protocol, Sequence
 
 from jinja2 import TemplateError
@@ -179,7 +182,7 @@ _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>\Z")
 
 
 def _text_only_json(tj: dict) -> tuple[dict, dict[int, list[int]] | None, int | None]:
-    """A copy of a tokenizer.json whose model can no longer produce a special token or a byte
+    """`tj` (changed in place) made into a tokenizer.json whose model can no longer produce a special token or a byte
     piece from text that spells it, as SentencePiece (which never matches CONTROL or BYTE
     pieces) and llama.cpp's special=False do.
 
@@ -189,7 +192,6 @@ def _text_only_json(tj: dict) -> tuple[dict, dict[int, list[int]] | None, int | 
     and SentencePiece-converted merge lists contain the ones that build "</s>" from "</" + "s>".
     Here those entries are renamed out of reach (Unigram) or their merges dropped (BPE).
     Returns (json, byte ids by byte value when byte fallback must be redone, unk id)."""
-    tj = json.loads(json.dumps(tj))
     model = tj.get("model") or {}
     special = {a["id"]: a["content"] for a in tj.get("added_tokens") or []
                if isinstance(a, dict) and a.get("special") and isinstance(a.get("id"), int)}
@@ -233,20 +235,60 @@ class HFTokenizer:
     `_text_only_json`); on ordinary text the ids are Hugging Face's either way."""
 
     def __init__(self, hf_json: str):
-        from tokenizers import Tokenizer as _Tok
+        # Parsing a 100k vocabulary twice takes most of a second: `start()` (PromptBuilder calls
+        # it once the model is loaded) runs it in the background; the first encode/decode waits
+        # for what is left, or builds it right there when nothing started it.
+        self._json = hf_json
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._built = False
 
-        self.parse = _Tok.from_str(hf_json)
-        tj = json.loads(hf_json)
-        safe, self._byte_ids, self._unk = _text_only_json(tj)
-        # (renamed Unigram entries would renumber the added tokens: this one never parses them)
-        self.plain = _Tok.from_str(json.dumps(safe))
-        self.plain.encode_special_tokens = True  # specials in the text stay text
-        self.special_ids = {a["id"] for a in tj.get("added_tokens") or []
-                            if isinstance(a, dict) and a.get("special")}
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._built:
+                self._thread = threading.Thread(target=self._build, args=(0.005,),
+                                                daemon=True, name="kiln-tokenizer")
+                self._thread.start()
+
+    def ready(self) -> "HFTokenizer":
+        """Wait for the background build, or build now."""
+        if not self._built:
+            with self._lock:
+                thread = self._thread
+            if thread is not None:
+                thread.join()
+            else:
+                self._build(0.0)
+        if self._error is not None:
+            raise KilnError(None, f"the embedded tokenizer.json cannot be loaded ({self._error})")
+        return self
+
+    def _build(self, pause: float) -> None:
+        # a pause lets the caller of start() run on: parsing holds the GIL for long stretches
+        time.sleep(pause)
+        with self._lock:          # (start() holds it only to spawn the thread)
+            if self._built:
+                return
+            try:
+                from tokenizers import Tokenizer as _Tok
+
+                self.parse = _Tok.from_str(self._json)
+                tj = json.loads(self._json)
+                self.special_ids = {a["id"] for a in tj.get("added_tokens") or []
+                                    if isinstance(a, dict) and a.get("special")}
+                safe, self._byte_ids, self._unk = _text_only_json(tj)
+                # (renamed Unigram entries would renumber added tokens: this one never parses them)
+                self.plain = _Tok.from_str(json.dumps(safe, ensure_ascii=False))
+                self.plain.encode_special_tokens = True  # specials in the text stay text
+            except Exception as exc:                     # raised again where it is used
+                self._error = exc
+            self._built, self._json = True, ""
 
     def encode(self, text: str, special: bool) -> list[int]:
         if not text:
             return []
+        self.ready()
         if special:
             return self.parse.encode(text, add_special_tokens=False).ids
         enc = self.plain.encode(text, add_special_tokens=False)
@@ -262,6 +304,7 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`; special tokens (by id, not by text) left out."""
+        self.ready()
         return self.parse.decode([i for i in ids if i not in self.special_ids],
                                  skip_special_tokens=False)
 
@@ -270,8 +313,10 @@ class HFTokenizer:
 
 
 def make_tokenizer(meta: ModelMeta, llm) -> NativeTokenizer | HFTokenizer:
-    """The tokenizer kiln uses for this GGUF: the embedded Hugging Face one when the converter
-    marked llama.cpp's as inexact (`kiln.tokenizer` = "huggingface"), else llama.cpp's."""
+    """The tokenizer kiln uses for this GGUF: the model's own tokenizer.json when the GGUF
+    embeds one (`tokenizer.huggingface.json`, which kiln's converter always writes), so
+    tokenization is exact whatever the tokenizer's shape; llama.cpp's only for GGUFs without
+    it (made by other tools)."""
     if meta.tokenizer == "huggingface" and meta.hf_json:
         return HFTokenizer(meta.hf_json)
     return NativeTokenizer(llm, add_space_prefix=meta.add_space_prefix,
@@ -307,6 +352,8 @@ class PromptBuilder:
         self._risky_re = re.compile("|".join([r"<0x[0-9A-Fa-f]{2}>"]
                                              + ([self._special_re.pattern] if specials else [])))
         self._special_ids: dict[str, int | None] = {}
+        if isinstance(tokenizer, HFTokenizer):
+            tokenizer.start()
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         try:

@@ -276,6 +276,38 @@ def build_xverse(d: Path) -> Reference:
     return hf_reference(tok)
 
 
+def build_metaspace(d: Path, split: bool) -> Reference:
+    """A BPE with byte fallback behind a plain Metaspace pre-tokenizer (prepend_scheme "first",
+    `split` as given): the shape XVERSE-style tokenizer.json files take. With split=true
+    llama.cpp's SPM tokenizer differs on runs of spaces (issue 11); kiln must not care."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first",
+                                                 split=split)
+    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
+        vocab_size=3000, special_tokens=specials, show_progress=False, max_token_length=16))
+    j = json.loads(tok.to_str())
+    old = sorted(j["model"]["vocab"].items(), key=lambda kv: kv[1])
+    items = [k for k, _ in old[:4]] + BYTES
+    items += [k for k, _ in old[4:] if k not in items]
+    j["model"]["vocab"] = {k: i for i, k in enumerate(items)}
+    tok = Tokenizer.from_str(json.dumps(j))
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / "tokenizer.json"))
+    _write_json(d / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>"})
+    cfg = _llama_config("XverseForCausalLM", "xverse/XVERSE-tiny-Chat", tok.get_vocab_size(),
+                        pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    cfg.pop("num_key_value_heads")
+    _write_json(d / "config.json", cfg)
+    return hf_reference(tok)
+
+
 def build_jais(d: Path) -> Reference:
     """Jais' kind: GPT-2 byte-level BPE shipped as vocab.json + merges.txt, <|endoftext|> = 0."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -432,6 +464,8 @@ BUILDERS: dict[str, Callable[[Path], Reference]] = {
     "alaya-bpe": build_alaya_bpe,
     "llama-spm": build_llama_spm,
     "llama3-bpe": build_llama3,
+    "metaspace-split": lambda d: build_metaspace(d, split=True),
+    "metaspace-nosplit": lambda d: build_metaspace(d, split=False),
 }
 
 
