@@ -20,7 +20,7 @@ def model_options(fn):
         click.option("--gpu-layers", type=int, default=None,
                      help="Layers to offload to the GPU (default: all when on GPU)."),
         click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads (default: physical cores)."),
+                     help="CPU threads (default: physical cores minus one; kiln doctor says why)."),
         click.option("--temperature", type=float, default=None,
                      help="Sampling temperature (default: the model's; 0 = greedy)."),
         click.option("--top-p", type=float, default=None, help="Nucleus sampling (default: the model's)."),

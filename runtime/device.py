@@ -33,8 +33,21 @@ def choose_gpu_layers(device: str = "auto", gpu_layers: int | None = None) -> in
 
 
 def default_threads() -> int:
-    """Physical cores: hyper-threads slow llama.cpp's token generation down."""
-    return physical_cores() or os.cpu_count() or 1
+    """Physical cores minus one (at least one): see `threads_reason`."""
+    return max(1, (physical_cores() or os.cpu_count() or 1) - 1)
+
+
+def threads_reason() -> str:
+    """Why `default_threads` chose what it did, as `kiln doctor` says it."""
+    cores = physical_cores() or os.cpu_count() or 1
+    n = default_threads()
+    if cores == 1:
+        return "1 thread: one core"
+    return (f"{n} of {cores} physical cores, one left free: llama.cpp's threads spin-wait at "
+            "every step, so when another program takes a core that llama.cpp uses, every token "
+            "waits for it (2 cores, one competing process: 2 threads fell to 0.8 tokens/s, 1 "
+            "thread kept 22; scripts/bench_runtime.py --load). Hyper-threads are not counted. "
+            "--threads N overrides.")
 
 
 def physical_cores() -> int | None:
@@ -79,6 +92,7 @@ def report() -> dict:
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical_cores(),
         "default_threads": default_threads(),
+        "threads_why": threads_reason(),
         "default_device": "gpu (all layers)" if supported else "cpu",
         "platform": f"{platform.system()} {platform.machine()}",
     }

@@ -92,6 +92,10 @@ Examples:
   python scripts/bench_runtime.py                                # full run, q4_0 and q8_0
   python scripts/bench_runtime.py --llama-bench /tmp/lbb/bin/llama-bench --repeat 5
 
+6. With --load, only model load time and threads (scripts/bench_load.py has the details):
+   kiln's ChatModel load against bare Llama() on a 99k-vocabulary GGUF (target <= 1.2x), and
+   --threads 1 vs 2 with and without a competing CPU-bound process.
+
 Exit status: 0 when every run succeeded, 1 when one failed, 2 with --check when a kiln/bare
 ratio is below the target.
 """
@@ -896,6 +900,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="convert again even when a cached GGUF of this checkpoint exists")
     p.add_argument("--profile", action="store_true",
                    help="also print a cProfile of one kiln turn per type (top functions)")
+    p.add_argument("--load", action="store_true",
+                   help="only the load-time and threads section (scripts/bench_load.py: ChatModel "
+                        "load vs bare Llama() on a 99k-vocabulary GGUF; --threads 1 vs 2 with a "
+                        "competing process), --repeat runs each (7 if not given)")
     p.add_argument("--check", action="store_true",
                    help="exit with status 2 when a kiln/bare ratio is below the target")
     args = p.parse_args(argv)
@@ -921,6 +929,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.load:
+        import bench_load
+
+        return bench_load.main(args.repeat if "--repeat" in (argv or sys.argv) else 7)
     shape = bc.QUICK if args.quick else bc.FULL
     model_dir = (args.model_dir or BENCH_OUT / shape.name).resolve()
     ck_info = bc.make_checkpoint(model_dir, shape)

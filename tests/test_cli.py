@@ -50,3 +50,16 @@ def test_inspect_rejects_non_gguf(tmp_path):
     out = kiln("inspect", bad)
     assert out.returncode == 1
     assert str(bad) in out.stderr and "not a readable GGUF" in out.stderr
+
+
+def test_doctor_says_which_threads_and_why():
+    pytest.importorskip("llama_cpp")
+    from runtime.device import physical_cores
+
+    out = kiln("doctor", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    cores = physical_cores() or info["logical_cpus"]
+    assert info["default_threads"] == max(1, cores - 1)
+    assert info["threads_why"].startswith(f"{info['default_threads']} ")
+    assert "spin-wait" in info["threads_why"] or cores == 1
