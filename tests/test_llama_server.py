@@ -55,6 +55,7 @@ class Case:
     hf_text: str | None = None      # transformers' apply_chat_template with the GGUF's template
     kiln_text: str | None = None    # kiln's own sandbox (runtime.prompt)
     lcp_text: str | None = None     # llama-cpp-python's chat formatter (its server, Llama.chat)
+    got_original: str | None = None  # llm-jp: llama-server with the checkpoint's own template
 
 
 @dataclass
@@ -194,14 +195,14 @@ def _convert(src: Path, d: Path) -> Path:
 # ------------------------------------------------------------------------------ the server
 
 class Server:
-    def __init__(self, exe: Path, gguf: Path, log: Path):
+    def __init__(self, exe: Path, gguf: Path, log: Path, extra: tuple[str, ...] = ()):
         with socket.socket() as s:                  # an ephemeral port, free right now
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.log = log
         self.proc = subprocess.Popen(
             [str(exe), "-m", str(gguf), "--jinja", "--host", "127.0.0.1", "--port", str(self.port),
-             "-c", "1024", "-t", "2", "-np", "1", "--no-warmup", "--no-webui"],
+             "-c", "1024", "-t", "2", "-np", "1", "--no-warmup", "--no-webui", *extra],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
@@ -255,8 +256,29 @@ def served(request, server_exe, tmp_path_factory):
                                                      "parse_special": True})["tokens"]
     finally:
         server.close()
+    if family == "llm-jp":
+        _serve_original_template(server_exe, built, d)
     RESULTS[family] = (built, built.cases)
     return family, built
+
+
+def _serve_original_template(server_exe: Path, built: Built, d: Path) -> None:
+    """The witness for the fix: the same GGUF served with the checkpoint's own template."""
+    import gguf
+
+    from convert.families.llmjp import ORIGINAL_KEY
+
+    original = d / "original.jinja"
+    original.write_text(gguf.GGUFReader(str(built.gguf)).fields[ORIGINAL_KEY].contents(),
+                        encoding="utf-8")
+    server = Server(server_exe, built.gguf, d / "server-original.log",
+                    ("--chat-template-file", str(original)))
+    try:
+        for case in built.cases:
+            case.got_original = server.post("/apply-template",
+                                            {"messages": case.messages})["prompt"]
+    finally:
+        server.close()
 
 
 def _render_elsewhere(built: Built) -> None:
@@ -328,7 +350,8 @@ def test_tokenize_gives_the_reference_ids(served):
 
 def test_gguf_template_keys(served):
     """llm-jp's GGUF holds the llama.cpp-friendly template and, under
-    tokenizer.chat_template.original, the checkpoint's own; no other family needs a second one.
+    tokenizer.chat_template.original, the checkpoint's own (served with that one instead, the
+    system message moves into the user turn); no other family needs a second one.
     add_bos_token is what the cases assumed."""
     import gguf
 
@@ -341,6 +364,7 @@ def test_gguf_template_keys(served):
     if family == "llm-jp":
         assert fields["tokenizer.chat_template"].contents() == LLAMA_CPP_TEMPLATE
         assert fields[ORIGINAL_KEY].contents() == INSTRUCT_TEMPLATE
+        _original_loses_the_system_message(built)
     else:
         assert ORIGINAL_KEY not in fields and "tokenizer.chat_template" in fields
 
@@ -392,3 +416,18 @@ def test_llmjp_template_recognized_by_rendering(spelling):
         assert got == LLAMA_CPP_TEMPLATE and meta[ORIGINAL_KEY] == own
     else:
         assert got == own and ORIGINAL_KEY not in meta
+
+
+def _original_loses_the_system_message(built: Built) -> None:
+    """Why llm-jp's template had to change: served with the checkpoint's own template,
+    llama.cpp's system-role probe fails and the system text lands in the first user turn."""
+    import test_templates_llama_families as tl
+
+    for case in built.cases:
+        msgs = case.messages
+        if msgs[0]["role"] != "system":
+            assert case.got_original == served_text(built, case), case.name
+            continue
+        merged = [dict(msgs[1], content=msgs[0]["content"] + "\n" + msgs[1]["content"])]
+        assert case.got_original == tl.llmjp_reference(merged + msgs[2:])[len("<s>"):]
+        assert case.got_original != served_text(built, case), case.name
