@@ -339,7 +339,10 @@ def test_model_that_fails_to_load(open_page, tmp_path, store):
         page = open_page(s.url + "/")
         expect(page.locator("#model option")).to_have_count(1)
         ask(page, "hello?", "broken")
-        expect(page.locator(".msg.assistant .error")).to_contain_text("failed to load")
+        error = page.locator(".msg.assistant .error")
+        expect(error).to_contain_text('The model "broken" failed to load')
+        expect(error).to_contain_text("not a readable GGUF file")
+        expect(page.locator(".msg.assistant .regenerate")).to_have_text("Retry")
 
 
 def test_api_key_is_asked_once_and_kept(open_page, store):
@@ -418,3 +421,31 @@ def test_kiln_chat_web_serves_and_opens_the_page(open_page, store, tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "chat page: http://127.0.0.1:" in err
+
+
+def test_system_prompt_reaches_the_model_and_stays_with_the_chat(page, srv):
+    page.click("#toggle-system")
+    page.fill("#system", "Answer in one line.")
+    ask(page, "Why?", "sky:f32")
+    wait_answered(page, 1)
+    assert "system: Answer in one line. | user: Why? | assistant:" in \
+        srv.loaded("sky:f32").last_prompt
+    page.reload()
+    page.click("#chat-list .open")
+    assert page.input_value("#system") == "Answer in one line."
+
+
+def test_code_block_copy_button_copies_the_code_as_typed(page):
+    code = 'for i in range(3):\n    print("<b>", i)  # **kept**'
+    chat = {"id": "c1", "title": "code", "model": "sky:f32", "system": "", "created": 1,
+            "updated": 1, "messages": [{"role": "user", "content": "code please"},
+                                       {"role": "assistant", "content": f"```python\n{code}\n```"}]}
+    page.evaluate("""chat => {
+        localStorage.setItem('kiln.chats', JSON.stringify([chat]));
+        localStorage.setItem('kiln.current', chat.id);
+    }""", chat)
+    page.reload()
+    expect(page.locator(".msg.assistant pre code")).to_have_text(code)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click(".copy-code")
+    assert page.evaluate("navigator.clipboard.readText()") == code

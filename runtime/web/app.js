@@ -439,9 +439,14 @@ function errorMessage(e, model) {
     return `Context full: your message alone does not fit in the model's context, even with ` +
            `all earlier turns dropped: ${m}`;
   }
-  if (e.status === 404 || e.code === "model_not_found") return `Model "${model}" is not available: ${m}`;
-  if (e.status === 503) return `The server is busy: ${m} Try again in a moment.`;
-  if (/load/i.test(m) || e.code.includes("load")) return `The model "${model}" failed to load: ${m}`;
+  if (e.code === "model_not_found") {
+    return `The model "${model}" is not on this server any more (removed from the store?). ` +
+           "Pick another one above, or reload the page to refresh the list.";
+  }
+  if (e.code === "model_load_failed" || /could not load/i.test(m)) {
+    return `The model "${model}" failed to load. The server said: ${m}`;
+  }
+  if (e.status === 503) return `The server is busy: ${m}. Try again in a moment.`;
   return `The server answered ${e.status}: ${m}`;
 }
 
