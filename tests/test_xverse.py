@@ -548,3 +548,18 @@ def test_foreign_gguf_recognized():
     inst = fam.for_gguf()
     assert inst.chat_template(None) == CHAT_TEMPLATE
     assert inst.stop_strings() == ["Human:"] and inst.sampling_defaults() == {}
+    assert inst.prompt_segments() == "message"      # read_meta applies it to foreign GGUFs
+
+
+def test_foreign_gguf_tokenized_turn_by_turn(checkpoints, tmp_path, monkeypatch):
+    """Without kiln's metadata (another tool's GGUF), the runtime still encodes turn by turn."""
+    from convert.families.base import Family
+    from runtime.meta import read_meta
+
+    model_dir, _, _ = checkpoints("xverse-f32")
+    out = tmp_path / "foreign.gguf"
+    with monkeypatch.context() as m:
+        m.setattr(Family, "kiln_metadata", lambda self, vocab: {})
+        kiln("convert", model_dir, "-o", out, "--quant", "f16")
+    meta = read_meta(out)
+    assert meta.family == "xverse" and meta.prompt_segments == "message"
