@@ -23,48 +23,101 @@ the last NaN; here the block gets d = NaN and all-zero quants).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from gguf import GGMLQuantizationType, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from convert.errors import KilnError
 
 __all__ = [
+    "Quant",
+    "QUANTS",
     "QUANT_NAMES",
     "FILE_TYPES",
     "parse_quant",
+    "quant_help",
     "bf16_to_f32",
     "to_f32",
     "block_size",
     "type_size",
     "row_nbytes",
     "quantize",
+    "encode",
 ]
 
 QT = GGMLQuantizationType
+FT = LlamaFileType
 
-QUANT_NAMES: dict[str, GGMLQuantizationType] = {
-    "f32": QT.F32,
-    "f16": QT.F16,
-    "bf16": QT.BF16,
-    "q8_0": QT.Q8_0,
-    "q4_0": QT.Q4_0,
-}
+
+@dataclass(frozen=True)
+class Quant:
+    """One `--quant` choice: a llama.cpp file type (ftype) and the type most tensors get."""
+
+    name: str                   # as llama.cpp spells it: "Q4_K_M"
+    ftype: int                  # general.file_type (llama_ftype)
+    default: GGMLQuantizationType
+    bpw: float                  # bits per weight (of Llama-3-8B for the mixtures)
+
+    @property
+    def is_float(self) -> bool:
+        return self.default in (QT.F32, QT.F16, QT.BF16)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# llama-quantize's sizes for Llama-3-8B (8.03e9 weights), in GiB, turned into bits per weight;
+# the plain types give their exact size.
+def _bpw(gib: float) -> float:
+    return round(gib * 2**30 * 8 / 8.03e9, 2)
+
+
+_TABLE = [
+    # name, ftype, default tensor type, bits/weight
+    ("F32", FT.ALL_F32, QT.F32, 32.0),
+    ("F16", FT.MOSTLY_F16, QT.F16, 16.0),
+    ("BF16", FT.MOSTLY_BF16, QT.BF16, 16.0),
+    ("Q8_0", FT.MOSTLY_Q8_0, QT.Q8_0, 8.5),
+    ("Q6_K", FT.MOSTLY_Q6_K, QT.Q6_K, _bpw(6.14)),
+    ("Q5_K_M", FT.MOSTLY_Q5_K_M, QT.Q5_K, _bpw(5.33)),
+    ("Q5_K_S", FT.MOSTLY_Q5_K_S, QT.Q5_K, _bpw(5.21)),
+    ("Q5_1", FT.MOSTLY_Q5_1, QT.Q5_1, _bpw(5.65)),
+    ("Q5_0", FT.MOSTLY_Q5_0, QT.Q5_0, _bpw(5.21)),
+    ("Q4_K_M", FT.MOSTLY_Q4_K_M, QT.Q4_K, _bpw(4.58)),
+    ("Q4_K_S", FT.MOSTLY_Q4_K_S, QT.Q4_K, _bpw(4.37)),
+    ("Q4_1", FT.MOSTLY_Q4_1, QT.Q4_1, _bpw(4.78)),
+    ("Q4_0", FT.MOSTLY_Q4_0, QT.Q4_0, _bpw(4.34)),
+    ("IQ4_NL", FT.MOSTLY_IQ4_NL, QT.IQ4_NL, 4.5),
+    ("IQ4_XS", FT.MOSTLY_IQ4_XS, QT.IQ4_XS, 4.25),
+    ("Q3_K_L", FT.MOSTLY_Q3_K_L, QT.Q3_K, _bpw(4.03)),
+    ("Q3_K_M", FT.MOSTLY_Q3_K_M, QT.Q3_K, _bpw(3.74)),
+    ("Q3_K_S", FT.MOSTLY_Q3_K_S, QT.Q3_K, _bpw(3.41)),
+    ("Q2_K", FT.MOSTLY_Q2_K, QT.Q2_K, _bpw(2.96)),
+    # these need an importance matrix (--imatrix) for some or all of their tensors
+    ("Q2_K_S", FT.MOSTLY_Q2_K_S, QT.Q2_K, _bpw(2.96)),
+    ("IQ3_M", FT.MOSTLY_IQ3_M, QT.IQ3_S, 3.66),
+    ("IQ3_S", FT.MOSTLY_IQ3_S, QT.IQ3_S, 3.44),
+    ("IQ3_XS", FT.MOSTLY_IQ3_XS, QT.IQ3_S, 3.3),
+    ("IQ3_XXS", FT.MOSTLY_IQ3_XXS, QT.IQ3_XXS, 3.06),
+    ("IQ2_M", FT.MOSTLY_IQ2_M, QT.IQ2_S, 2.7),
+    ("IQ2_S", FT.MOSTLY_IQ2_S, QT.IQ2_XS, 2.5),
+    ("IQ2_XS", FT.MOSTLY_IQ2_XS, QT.IQ2_XS, 2.31),
+    ("IQ2_XXS", FT.MOSTLY_IQ2_XXS, QT.IQ2_XXS, 2.06),
+    ("IQ1_M", FT.MOSTLY_IQ1_M, QT.IQ1_M, 1.75),
+    ("IQ1_S", FT.MOSTLY_IQ1_S, QT.IQ1_S, 1.56),
+]
+
+QUANTS: dict[str, Quant] = {n.lower(): Quant(n, int(f), d, b) for n, f, d, b in _TABLE}
+QUANT_NAMES = QUANTS                             # lower-case names, for help texts
+ALIASES = {"q4_k": "q4_k_m", "q5_k": "q5_k_m", "q3_k": "q3_k_m"}   # as llama-quantize has them
 
 FILE_TYPES: dict[GGMLQuantizationType, int] = {
-    QT.F32: int(LlamaFileType.ALL_F32),
-    QT.F16: int(LlamaFileType.MOSTLY_F16),
-    QT.BF16: int(LlamaFileType.MOSTLY_BF16),
-    QT.Q8_0: int(LlamaFileType.MOSTLY_Q8_0),
-    QT.Q4_0: int(LlamaFileType.MOSTLY_Q4_0),
-}
-
-# (elements per block, bytes per block)
-_LAYOUT: dict[GGMLQuantizationType, tuple[int, int]] = {
-    QT.F32: (1, 4),
-    QT.F16: (1, 2),
-    QT.BF16: (1, 2),
-    QT.Q8_0: (32, 2 + 32),
-    QT.Q4_0: (32, 2 + 16),
+    QT.F32: int(FT.ALL_F32),
+    QT.F16: int(FT.MOSTLY_F16),
+    QT.BF16: int(FT.MOSTLY_BF16),
+    QT.Q8_0: int(FT.MOSTLY_Q8_0),
+    QT.Q4_0: int(FT.MOSTLY_Q4_0),
 }
 
 # Blocks per slice: 4096 blocks = 128 Ki floats = 512 KiB per float32 buffer, so the few
@@ -74,14 +127,26 @@ _SLICE_BLOCKS = 4096
 _F32 = np.float32
 _HALF_BELOW = np.nextafter(_F32(0.5), _F32(0))  # 0.49999997f
 _EIGHT_HALF = _F32(8.5)
+_NUMPY_TYPES = (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0)
+_GGML_MIN = 4096   # below this many values numpy's converters are as fast as a ctypes call
 
 
-def parse_quant(name: str) -> GGMLQuantizationType:
-    """'Q8_0', 'q8_0', ... -> the GGML type; anything else is a KilnError."""
-    qtype = QUANT_NAMES.get(str(name).strip().lower())
-    if qtype is None:
-        raise KilnError(None, f"unknown quantization type {name!r} (choose from: {', '.join(QUANT_NAMES)})")
-    return qtype
+def parse_quant(name) -> Quant:
+    """'Q4_K_M', 'q8_0', ... -> the Quant; anything else is a KilnError listing the choices."""
+    if isinstance(name, Quant):
+        return name
+    if isinstance(name, GGMLQuantizationType):
+        name = name.name
+    key = str(name).strip().lower()
+    quant = QUANTS.get(ALIASES.get(key, key))
+    if quant is None:
+        raise KilnError(None, f"unknown quantization type {name!r} (choose from: {', '.join(QUANTS)})")
+    return quant
+
+
+def quant_help() -> str:
+    """One line per type with its size per weight, for --help."""
+    return ", ".join(f"{q.name.lower()} ({q.bpw:g})" for q in QUANTS.values())
 
 
 def _check_qtype(qtype) -> GGMLQuantizationType:
@@ -89,28 +154,47 @@ def _check_qtype(qtype) -> GGMLQuantizationType:
         qtype = QT(qtype)
     except ValueError:
         raise ValueError(f"unsupported output type {qtype!r}") from None
-    if qtype not in _LAYOUT:
+    if qtype not in GGML_QUANT_SIZES:
         raise ValueError(f"unsupported output type {qtype.name}")
     return qtype
 
 
 def block_size(qtype) -> int:
-    """Elements per block: 1 for the float types, 32 for Q8_0 and Q4_0."""
-    return _LAYOUT[_check_qtype(qtype)][0]
+    """Elements per block: 1 for the float types, 32 for Q8_0 / Q4_0, 256 for the K-quants."""
+    return GGML_QUANT_SIZES[_check_qtype(qtype)][0]
 
 
 def type_size(qtype) -> int:
     """Bytes per block."""
-    return _LAYOUT[_check_qtype(qtype)][1]
+    return GGML_QUANT_SIZES[_check_qtype(qtype)][1]
 
 
 def row_nbytes(ncols: int, qtype) -> int:
     """Bytes that one row of `ncols` elements takes in the GGUF file."""
-    bs, ts = _LAYOUT[_check_qtype(qtype)]
+    bs, ts = GGML_QUANT_SIZES[_check_qtype(qtype)]
     ncols = int(ncols)
     if ncols < 0 or ncols % bs:
         raise ValueError(f"row length {ncols} is not a multiple of the {QT(qtype).name} block size {bs}")
     return ncols // bs * ts
+
+
+def encode(x: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows -> their GGUF bytes, through ggml's own quantizer when it is available.
+
+    ggml (ctypes, off the GIL) gives the same bytes as `quantize` for the types both have
+    (tests/test_quants.py checks it) and is the only path for K-quants, IQ types and imatrix
+    weights.  F32 comes back as float32 rows, every other type as uint8 rows.
+    """
+    from . import ggml
+
+    qtype = _check_qtype(qtype)
+    if qtype == QT.F32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if ggml.available() or qtype not in _NUMPY_TYPES or imatrix is not None:
+        x = np.asarray(x)
+        return ggml.quantize_rows(x.reshape(-1, x.shape[-1]), int(qtype), imatrix)
+    out = quantize(x, qtype)
+    return out.view(np.uint8).reshape(out.shape[0], -1) if out.ndim == 2 else out
 
 
 # --------------------------------------------------------------------------- to float32
@@ -137,6 +221,11 @@ def to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """
     raw = np.asarray(raw)
     kind = str(dtype).upper()
+    if kind in ("BF16", "F16") and raw.dtype.itemsize == 2 and raw.size >= _GGML_MIN:
+        from . import ggml   # ggml's converters: the same exact result, without the GIL
+
+        if ggml.available():
+            return ggml.half_to_f32(raw.view(np.uint16), bf16=kind == "BF16")
     if kind == "BF16":
         return bf16_to_f32(raw)
     if kind == "F16":
@@ -165,6 +254,8 @@ def quantize(x: np.ndarray, qtype) -> np.ndarray:
     Thread-safe; numpy releases the GIL for the heavy loops, so threads run in parallel.
     """
     qtype = _check_qtype(qtype)
+    if qtype not in _NUMPY_TYPES:
+        raise ValueError(f"{qtype.name} is quantized by ggml only (use encode)")
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("cannot quantize a 0-d array")
@@ -184,7 +275,7 @@ def quantize(x: np.ndarray, qtype) -> np.ndarray:
             return _to_bf16(flat).reshape(x.shape)
         out = np.empty(x.shape[:-1] + (nbytes,), dtype=np.uint8)
         if flat.size:
-            blocks = out.reshape(-1, _LAYOUT[qtype][1])
+            blocks = out.reshape(-1, GGML_QUANT_SIZES[qtype][1])
             (_q8_0 if qtype == QT.Q8_0 else _q4_0)(flat, blocks)
         return out
 

@@ -158,6 +158,7 @@ class OutTensor:
     keep_f32: bool = False          # norms, biases, router weights: llama.cpp wants F32
     qtype: object = field(default=None)  # chosen by the pipeline
     note: str = ""                  # why the type differs from the one asked for
+    quantized: bool = False         # llama.cpp would quantize it (so an imatrix applies)
 
 
 def rope_permutation(n_rows: int, n_head: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import os
 import click
 
 from convert import __version__
-from convert.cli import convert_cmd, inspect_cmd, run_cli
+from convert.cli import convert_cmd, inspect_cmd, quantize_cmd, run_cli
 
 from . import chat_cli, store_cli
 from .server.cli import serve_cmd
@@ -24,6 +24,7 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(convert_cmd)
 cli.add_command(inspect_cmd)
+cli.add_command(quantize_cmd)
 for _cmd in chat_cli.COMMANDS + store_cli.COMMANDS:
     cli.add_command(_cmd)
 cli.add_command(serve_cmd)

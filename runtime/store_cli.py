@@ -12,9 +12,11 @@ from pathlib import Path
 
 import click
 
-from convert.quants import QUANT_NAMES
+from convert.quants import quant_help
 
-from .store import DEFAULT_QUANT, Store, fmt_size
+from .store import Store, fmt_size
+
+PULL_QUANT = "q4_k_m"   # what `kiln pull` stores unless told otherwise (Ollama's default)
 
 _STAGES = {"download": "downloading", "convert": "converting", "verify": "checksumming",
            "copy": "copying"}
@@ -68,8 +70,9 @@ def _created(e) -> str:
 
 @click.command("pull")
 @click.argument("repo_id", metavar="REPO_ID[@REVISION]")
-@click.option("-q", "--quant", default=DEFAULT_QUANT, show_default=True, metavar="TYPE",
-              help=f"Quantization to store: {', '.join(QUANT_NAMES)}.")
+@click.option("-q", "--quant", default=PULL_QUANT, show_default=True, metavar="TYPE",
+              help="Quantization to store (default q4_k_m, llama.cpp's Q4_K_M mixture, as Ollama "
+                   f"pulls by default), with bits per weight: {quant_help()}.")
 @click.option("--name", default=None, help="Store name (default: the repo's name).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="Conversion threads (default: all cores).")

@@ -24,6 +24,16 @@ What it does, in order:
    recorded, then deleted to save disk space. With --repeat N each (tool, type) runs N times,
    interleaved; the table shows the best wall time and the median peak RSS.
 
+   For a K-quant type (q4_k_m, ...) llama.cpp needs two steps, measured one after the other and
+   summed into its row: convert_hf_to_gguf.py --outtype bf16 (an intermediate BF16 GGUF, whose
+   size is recorded) then llama-quantize INTERMEDIATE OUT Q4_K_M (--llama-quantize, default:
+   the tool built from the llama-cpp-python sdist under ~/.cache/kiln-tests); the table also
+   shows llama-quantize alone, the quantizer's own floor.
+   --ggml-floor adds, per type, the CPU time ggml itself needs for the same tensors: one
+   thread reading every row as kiln does (BF16 -> F32 by ggml) and quantizing it with
+   ggml_quantize_chunk, nothing written; beside kiln's CPU seconds it says how close kiln
+   gets to the quantizer's own cost.
+
 3. Prints a table (tool, type, wall s, CPU s, peak RSS, output size) and the kiln/llama.cpp
    ratios, checks the targets of our issue (kiln Q8_0 at most 0.5x llama.cpp's wall time and at
    most 0.5x its peak RSS; PASS/FAIL), and writes every number plus machine info (cores, CPU
@@ -42,6 +52,7 @@ Examples:
   python scripts/bench_convert.py --quick                      # smoke run, kiln only
   python scripts/bench_convert.py --llama-cpp /tmp/llama.cpp   # the full comparison
   python scripts/bench_convert.py --llama-cpp /tmp/llama.cpp --repeat 3 --types q8_0
+  python scripts/bench_convert.py --llama-cpp DIR --types q4_k_m,q8_0 --ggml-floor
 
 Exit status: 0 when every conversion succeeded, 1 when one failed, 2 with --check when a target
 was missed.
@@ -66,7 +77,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 BENCH_OUT = REPO / "bench_out"
 MARKER = "bench_checkpoint.json"   # written last: its presence means the checkpoint is complete
-TARGET_WALL, TARGET_RSS = 0.5, 0.5  # kiln Q8_0 / llama.cpp Q8_0, from the issue
+TARGET_WALL, TARGET_RSS = 0.5, 0.5  # kiln Q8_0 / llama.cpp Q8_0, from the first issue
+TARGET_Q8_WALL, TARGET_Q8_CPU = 0.25, 1.7   # issue 9: Q8_0 wall vs llama.cpp, CPU s / wall s
+# issue 9, K-quants: kiln one pass vs llama.cpp's two steps, vs llama-quantize alone, peak RSS
+TARGET_K_WALL, TARGET_K_QUANTIZE, TARGET_K_RSS = 0.75, 1.1, 0.25
+KQUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3_k_l", "q2_k",
+           "iq4_xs", "iq4_nl", "q4_1", "q5_0", "q5_1")
 CHUNK_ELEMENTS = 1 << 23            # 16 MiB of bf16 per write: the generator's memory bound
 BF16_NBYTES = 2
 SAMPLE_S = 0.02                     # /proc/PID/status sampling interval
@@ -384,6 +400,8 @@ class Run:
     output_check: str | None = None
     log: str | None = None
     error: str | None = None
+    steps: list | None = None              # llama.cpp K-quants: the two steps, measured apart
+    intermediate_bytes: int | None = None  # the BF16 GGUF between those steps
 
 
 def warm_cache(model_dir: Path) -> float:
@@ -477,13 +495,28 @@ def build_command(tool: str, qtype: str, model_dir: Path, out: Path, llama_cpp: 
     env["PYTHONPATH"] = os.pathsep.join(
         [str(llama_cpp / "gguf-py")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cmd = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(model_dir),
-           "--outtype", qtype, "--outfile", str(out)]
+           "--outtype", "bf16" if qtype in KQUANTS else qtype, "--outfile", str(out)]
     return cmd, env
+
+
+def default_llama_quantize() -> Path | None:
+    """llama-quantize built from the installed llama-cpp-python's sdist (tests/llama_tools.py)."""
+    try:
+        from importlib import metadata
+        version = metadata.version("llama-cpp-python")
+    except Exception:  # noqa: BLE001
+        return None
+    root = Path(os.environ.get("KILN_TEST_CACHE") or Path.home() / ".cache" / "kiln-tests")
+    exe = root / f"llama-build-{version}" / "bin" / "llama-quantize"
+    return exe if exe.is_file() else None
 
 
 def run_one(tool: str, qtype: str, rep: int, model_dir: Path, out_dir: Path, log_dir: Path,
             llama_cpp: Path | None, kiln_threads: int | None, timeout: float,
-            expected_tensors: int, weight_bytes: int) -> Run:
+            expected_tensors: int, weight_bytes: int, quantizer: Path | None = None) -> Run:
+    if tool == "llama.cpp" and qtype in KQUANTS:
+        return run_two_steps(qtype, rep, model_dir, out_dir, log_dir, llama_cpp, timeout,
+                             expected_tensors, weight_bytes, quantizer)
     out = out_dir / f"bench-{tool}-{qtype}.gguf"
     out.unlink(missing_ok=True)
     cmd, env = build_command(tool, qtype, model_dir, out, llama_cpp, kiln_threads)
@@ -529,6 +562,80 @@ def run_one(tool: str, qtype: str, rep: int, model_dir: Path, out_dir: Path, log
     return run
 
 
+def run_two_steps(qtype: str, rep: int, model_dir: Path, out_dir: Path, log_dir: Path,
+                  llama_cpp: Path | None, timeout: float, expected_tensors: int,
+                  weight_bytes: int, quantizer: Path | None) -> Run:
+    """llama.cpp's way to a K-quant: convert_hf_to_gguf.py --outtype bf16, then llama-quantize.
+    The row sums both steps' wall and CPU time; peak RSS is the larger of the two."""
+    if quantizer is None:
+        return Run(tool="llama.cpp", qtype=qtype, rep=rep, cmd=[],
+                   error="no llama-quantize (give --llama-quantize)")
+    inter = out_dir / f"bench-llama.cpp-{qtype}-bf16.gguf"
+    out = out_dir / f"bench-llama.cpp-{qtype}.gguf"
+    cmd1, env = build_command("llama.cpp", qtype, model_dir, inter, llama_cpp, None)
+    runs = []
+    try:
+        warm_cache(model_dir)
+        print(f"  [llama.cpp bf16 for {qtype} #{rep + 1}] running: {' '.join(cmd1)}", flush=True)
+        m1 = measure(cmd1, env, log_dir / f"llama.cpp-{qtype}-step1-{rep}.log", timeout)
+        inter_bytes = inter.stat().st_size if inter.is_file() else None
+        cmd2 = [str(quantizer), str(inter), str(out), qtype.upper(), "2"]
+        print(f"  [llama-quantize {qtype} #{rep + 1}] running: {' '.join(cmd2)}", flush=True)
+        m2 = measure(cmd2, dict(os.environ), log_dir / f"llama-quantize-{qtype}-{rep}.log", timeout)
+        runs = [m1, m2]
+        run = Run(tool="llama.cpp", qtype=qtype, rep=rep, cmd=cmd1 + ["&&"] + cmd2,
+                  returncode=m1["returncode"] or m2["returncode"],
+                  wall_s=m1["wall_s"] + m2["wall_s"], user_s=m1["user_s"] + m2["user_s"],
+                  sys_s=m1["sys_s"] + m2["sys_s"],
+                  peak_rss_bytes=max(m1["peak_rss_bytes"], m2["peak_rss_bytes"]),
+                  sampled_peak_anon_bytes=max(m1["sampled_peak_anon_bytes"] or 0,
+                                              m2["sampled_peak_anon_bytes"] or 0) or None,
+                  sampled_peak_file_bytes=max(m1["sampled_peak_file_bytes"] or 0,
+                                              m2["sampled_peak_file_bytes"] or 0) or None,
+                  steps=[{"step": "convert_hf_to_gguf.py --outtype bf16", **m1},
+                         {"step": "llama-quantize", **m2}],
+                  intermediate_bytes=inter_bytes)
+        if run.returncode == 0 and out.is_file():
+            run.ok = True
+            run.output_bytes = out.stat().st_size
+            run.output_tensors, run.output_check = check_output(out)
+        else:
+            run.error = f"exit status {m1['returncode']} / {m2['returncode']}"
+    finally:
+        inter.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+    if runs:
+        print(f"    two steps: {runs[0]['wall_s']:.1f} s + {runs[1]['wall_s']:.1f} s, "
+              f"intermediate {(run.intermediate_bytes or 0) / 2**20:.0f} MiB", flush=True)
+    return run
+
+
+def ggml_floor(model_dir: Path, qtype: str) -> dict:
+    """One thread, kiln's row reading (BF16 -> F32 through ggml) and ggml_quantize_chunk per
+    chunk of every tensor, nothing written: the quantizer's own CPU cost for these tensors."""
+    sys.path.insert(0, str(REPO))
+    from convert import pipeline
+    from convert.quants import encode
+
+    family, ckpt, tensors, _, _ = pipeline.plan(model_dir, qtype)
+    read_s = quant_s = 0.0
+    with ckpt:
+        for t in tensors:
+            step = max(1, pipeline.CHUNK_ELEMENTS // t.source.n_cols)
+            for start in range(0, t.source.n_rows, step):
+                stop = min(start + step, t.source.n_rows)
+                c0 = time.thread_time()
+                rows = t.source.rows(start, stop)
+                c1 = time.thread_time()
+                if t.qtype.name != "F32":
+                    encode(rows, t.qtype)
+                c2 = time.thread_time()
+                t.source.done(start, stop)
+                read_s += c1 - c0
+                quant_s += c2 - c1
+    return {"type": qtype, "read_cpu_s": round(read_s, 2), "quantize_cpu_s": round(quant_s, 2)}
+
+
 # --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
@@ -554,6 +661,15 @@ def summarize(runs: list[Run], tools: list[str], qtypes: list[str]) -> list[dict
                     "output_bytes": best.output_bytes,
                     "output_check": best.output_check,
                 }
+                if best.steps:
+                    q_step = best.steps[1]
+                    row |= {"convert_bf16_wall_s": round(best.steps[0]["wall_s"], 3),
+                            "quantize_wall_s": round(q_step["wall_s"], 3),
+                            "quantize_cpu_s": round(q_step["user_s"] + q_step["sys_s"], 3),
+                            "quantize_peak_rss_mib": round(q_step["peak_rss_bytes"] / 2**20, 1),
+                            "intermediate_mib": round((best.intermediate_bytes or 0) / 2**20, 1)}
+                elif tool == "kiln":
+                    row["intermediate_mib"] = 0.0
             else:
                 row["error"] = mine[-1].error if mine else "not run"
             rows.append(row)
@@ -582,6 +698,17 @@ def ratios(rows: list[dict], qtypes: list[str]) -> list[dict]:
             entry["target_wall"], entry["target_rss"] = TARGET_WALL, TARGET_RSS
             entry["wall_pass"] = None if entry["wall"] is None else entry["wall"] <= TARGET_WALL
             entry["rss_pass"] = None if entry["rss"] is None else entry["rss"] <= TARGET_RSS
+            if "wall_s" in k:
+                entry["cpu_over_wall"] = round(k["cpu_s"] / k["wall_s"], 2)
+                entry["cpu_pass"] = entry["cpu_over_wall"] >= TARGET_Q8_CPU
+            if entry["wall"] is not None:
+                entry["wall_pass_issue9"] = entry["wall"] <= TARGET_Q8_WALL
+        if q in KQUANTS and "quantize_wall_s" in ll and "wall_s" in k:
+            entry["wall_vs_quantize"] = round(k["wall_s"] / ll["quantize_wall_s"], 3)
+            entry["wall_pass"] = entry["wall"] <= TARGET_K_WALL
+            entry["quantize_pass"] = entry["wall_vs_quantize"] <= TARGET_K_QUANTIZE
+            entry["rss_pass"] = entry["rss"] <= TARGET_K_RSS
+            entry["intermediate_mib"] = ll.get("intermediate_mib")
         out.append(entry)
     return out
 
@@ -594,20 +721,31 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows: list[dict], rat: list[dict], notes: list[str]) -> None:
-    head = (f"{'tool':<10} {'type':<5} {'wall s':>7} {'CPU s':>7} {'peak RSS MiB':>12} "
+def print_table(rows: list[dict], rat: list[dict], notes: list[str],
+                floors: list[dict] | None = None) -> None:
+    head = (f"{'tool':<10} {'type':<6} {'wall s':>7} {'CPU s':>7} {'peak RSS MiB':>12} "
             f"{'(anon':>6} {'file)':>6} {'output MiB':>10}  check")
     print()
     print(head)
     print("-" * len(head))
     for r in rows:
         if "wall_s" in r:
-            print(f"{r['tool']:<10} {r['type']:<5} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} "
+            print(f"{r['tool']:<10} {r['type']:<6} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} "
                   f"{r['peak_rss_mib']:>12.0f} {_fmt(r['peak_anon_mib'], '6.0f'):>6} "
                   f"{_fmt(r['peak_file_mib'], '6.0f'):>6} {r['output_mib']:>10.0f}  "
                   f"{r['output_check']}")
+            if "quantize_wall_s" in r:
+                print(f"{'  of which':<10} {'':<6} {r['convert_bf16_wall_s']:>7.1f} (convert --outtype "
+                      f"bf16, {r['intermediate_mib']:.0f} MiB intermediate) + "
+                      f"{r['quantize_wall_s']:.1f} (llama-quantize: CPU {r['quantize_cpu_s']:.1f} s, "
+                      f"peak RSS {r['quantize_peak_rss_mib']:.0f} MiB)")
         else:
-            print(f"{r['tool']:<10} {r['type']:<5} {'FAILED':>7}  {str(r.get('error'))[:200]}")
+            print(f"{r['tool']:<10} {r['type']:<6} {'FAILED':>7}  {str(r.get('error'))[:200]}")
+    for f in floors or []:
+        k = next((r for r in rows if r["tool"] == "kiln" and r["type"] == f["type"]), {})
+        print(f"{'ggml floor':<10} {f['type']:<6} CPU s: read rows {f['read_cpu_s']:.1f} + "
+              f"ggml_quantize_chunk {f['quantize_cpu_s']:.1f} = "
+              f"{f['read_cpu_s'] + f['quantize_cpu_s']:.1f} (kiln's CPU s: {_fmt(k.get('cpu_s'), '.1f')})")
     if rat:
         print()
         print(f"{'kiln / llama.cpp':<17} {'wall':>6} {'peak RSS':>9} {'(anon)':>7}   "
@@ -620,6 +758,16 @@ def print_table(rows: list[dict], rat: list[dict], notes: list[str]) -> None:
             if "target_wall" in e:
                 target = (f"wall <= {e['target_wall']}x: {verdict(e['wall_pass'])}, "
                           f"peak RSS <= {e['target_rss']}x: {verdict(e['rss_pass'])}")
+            if "cpu_over_wall" in e:
+                target += (f"; issue 9: wall <= {TARGET_Q8_WALL}x: {verdict(e.get('wall_pass_issue9'))}"
+                           f", kiln CPU/wall {e['cpu_over_wall']:.2f} >= {TARGET_Q8_CPU}: "
+                           f"{verdict(e.get('cpu_pass'))}")
+            if "wall_vs_quantize" in e:
+                target = (f"wall <= {TARGET_K_WALL}x of both steps: {verdict(e['wall_pass'])}, "
+                          f"{e['wall_vs_quantize']:.2f}x of llama-quantize alone (<= "
+                          f"{TARGET_K_QUANTIZE}x): {verdict(e['quantize_pass'])}, peak RSS <= "
+                          f"{TARGET_K_RSS}x: {verdict(e['rss_pass'])}, intermediate "
+                          f"{e['intermediate_mib']:.0f} MiB vs kiln 0")
             print(f"{e['type']:<17} {w:>6} {m:>9} {a:>7}   {target}")
     print()
     for n in notes:
@@ -722,6 +870,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "cores; llama.cpp's converter has no such option)")
     p.add_argument("--timeout", type=float, default=3600, metavar="S",
                    help="kill a conversion that runs longer than this (default: %(default)s)")
+    p.add_argument("--llama-quantize", type=Path, metavar="EXE", default=default_llama_quantize(),
+                   help="llama-quantize for llama.cpp's second step on K-quant types (default: "
+                        "the one built from the llama-cpp-python sdist, when present)")
+    p.add_argument("--ggml-floor", action="store_true",
+                   help="also measure ggml's own quantize CPU time for the same tensors, per type")
     p.add_argument("--check", action="store_true",
                    help="exit with status 2 when a kiln Q8_0 target is missed")
     args = p.parse_args(argv)
@@ -776,11 +929,16 @@ def main(argv: list[str] | None = None) -> int:
             for tool in tools:
                 runs.append(run_one(tool, q, rep, model_dir, out_dir, log_dir, args.llama_cpp,
                                     args.kiln_threads, args.timeout, info["n_tensors"],
-                                    info["weight_bytes"]))
+                                    info["weight_bytes"], args.llama_quantize))
+    floors = []
+    if args.ggml_floor:
+        for q in qtypes:
+            print(f"  [ggml floor {q}] one thread, rows read and quantized, nothing written", flush=True)
+            floors.append(ggml_floor(model_dir, q))
     machine["loadavg_end"] = list(os.getloadavg())
     rows = summarize(runs, tools, qtypes)
     rat = ratios(rows, qtypes)
-    print_table(rows, rat, notes)
+    print_table(rows, rat, notes, floors)
 
     result = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -795,9 +953,15 @@ def main(argv: list[str] | None = None) -> int:
         "llama_cpp": llama_cpp_info(args.llama_cpp) if args.llama_cpp else None,
         "repeat": args.repeat,
         "targets": {"kiln_q8_0_wall_ratio_max": TARGET_WALL,
-                    "kiln_q8_0_rss_ratio_max": TARGET_RSS},
+                    "kiln_q8_0_rss_ratio_max": TARGET_RSS,
+                    "issue9_q8_0_wall_ratio_max": TARGET_Q8_WALL,
+                    "issue9_q8_0_cpu_over_wall_min": TARGET_Q8_CPU,
+                    "issue9_kquant_wall_ratio_max": TARGET_K_WALL,
+                    "issue9_kquant_wall_vs_llama_quantize_max": TARGET_K_QUANTIZE,
+                    "issue9_kquant_rss_ratio_max": TARGET_K_RSS},
         "results": rows,
         "ratios_kiln_over_llama_cpp": rat,
+        "ggml_floor": floors,
         "runs": [asdict(r) for r in runs],
         "notes": notes,
     }

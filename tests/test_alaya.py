@@ -248,7 +248,7 @@ def load_state(model_dir: Path) -> dict:
 
 def round_like_kiln(sd: dict, cfg: dict, quant: str) -> dict:
     """Every matrix through gguf-py's reference quantize/dequantize, with kiln's type rules:
-    1-D tensors stay float, the output projection is Q8_0 for Q4_0; logit_scale is folded into
+    1-D tensors and the position embeddings stay float, the output projection is Q8_0 for Q4_0; logit_scale is folded into
     the output matrix before rounding, as kiln writes it."""
     import gguf
     from gguf.quants import dequantize, quantize
@@ -268,7 +268,7 @@ def round_like_kiln(sd: dict, cfg: dict, quant: str) -> dict:
         return torch.from_numpy(dequantize(quantize(w, qt), qt).astype(np.float64))
 
     for name, t in list(out.items()):
-        if t.ndim < 2:
+        if t.ndim < 2 or name == "transformer.wpe.weight":   # llama.cpp keeps position_embd
             continue
         is_output = name == "_output" or (not explicit and name == "transformer.wte.weight")
         out[name] = rnd(t, q8 if (quant == "q4_0" and is_output) else want)

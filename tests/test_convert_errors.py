@@ -206,15 +206,15 @@ def test_interrupt_leaves_nothing(capsys, model, tmp_path, monkeypatch):
     import convert.pipeline as pipeline
 
     calls = {"n": 0}
-    real = pipeline.quantize
+    real = pipeline.encode
 
-    def interrupted(x, qtype):
+    def interrupted(x, qtype, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(x, qtype)
+        return real(x, qtype, *args)
 
-    monkeypatch.setattr(pipeline, "quantize", interrupted)
+    monkeypatch.setattr(pipeline, "encode", interrupted)
     out = tmp_path / "o.gguf"
     with pytest.raises(SystemExit) as exc:
         run_cli(cli, ["convert", str(model), "-o", str(out)])

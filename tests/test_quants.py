@@ -3,9 +3,8 @@ ctypes) and against gguf-py's numpy quantizers, on random data and on hand-built
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -68,22 +67,16 @@ class Ggml:
 
 @pytest.fixture(scope="module")
 def ggml() -> Ggml:
+    from convert import ggml as kiln_ggml
+
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except Exception as e:  # pragma: no cover - llama-cpp-python is installed in CI
         pytest.skip(f"llama_cpp (llama-cpp-python) cannot be imported, so ggml is not available as a witness: {e!r}")
-    libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    tried = []
-    for pattern in ("libggml-base.*", "ggml-base.*", "libggml.*", "ggml.*"):
-        for path in sorted(glob.glob(os.path.join(libdir, pattern))):
-            tried.append(path)
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            if hasattr(lib, "ggml_quantize_chunk"):
-                return Ggml(lib)
-    pytest.fail(f"llama_cpp is installed but no library in {libdir} exports ggml_quantize_chunk (tried {tried})")
+    lib = kiln_ggml.library(required=False)
+    if lib is None:
+        pytest.fail(f"llama_cpp is installed but no library exports ggml_quantize_chunk (tried {kiln_ggml._tried})")
+    return Ggml(lib)
 
 
 def gguf_py(x: np.ndarray, qtype: Q) -> bytes:
@@ -543,22 +536,27 @@ def test_empty_input(qtype, shape):
 # --- names, sizes, errors ------------------------------------------------------------------------
 
 def test_parse_quant_names():
-    assert parse_quant("Q8_0") is Q.Q8_0
-    assert parse_quant("q8_0") is Q.Q8_0
-    assert parse_quant("Q4_0") is Q.Q4_0
-    assert parse_quant("F16") is Q.F16
-    assert parse_quant("bf16") is Q.BF16
-    assert parse_quant("BF16") is Q.BF16
-    assert parse_quant("f32") is Q.F32
-    assert set(QUANT_NAMES) == {"f32", "f16", "bf16", "q8_0", "q4_0"}
-    assert all(parse_quant(name) is qt for name, qt in QUANT_NAMES.items())
+    for name, default, ftype in [("Q8_0", Q.Q8_0, 7), ("q4_0", Q.Q4_0, 2), ("F16", Q.F16, 1),
+                                 ("bf16", Q.BF16, 32), ("f32", Q.F32, 0), ("Q4_K_M", Q.Q4_K, 15),
+                                 ("q4_k_s", Q.Q4_K, 14), ("Q5_K_M", Q.Q5_K, 17), ("q6_k", Q.Q6_K, 18),
+                                 ("Q3_K_S", Q.Q3_K, 11), ("q3_k_m", Q.Q3_K, 12), ("q3_k_l", Q.Q3_K, 13),
+                                 ("Q2_K", Q.Q2_K, 10), ("iq4_xs", Q.IQ4_XS, 30), ("IQ4_NL", Q.IQ4_NL, 25),
+                                 ("q4_1", Q.Q4_1, 3), ("q5_0", Q.Q5_0, 8), ("Q5_1", Q.Q5_1, 9),
+                                 ("q5_k", Q.Q5_K, 17), ("q4_k", Q.Q4_K, 15)]:
+        q = parse_quant(name)
+        assert (q.default, q.ftype) == (default, ftype), name
+        assert parse_quant(name.swapcase()) is q
+        assert LlamaFileType(q.ftype).name.endswith(q.name) or q.name == "F32"
+    assert {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "q2_k"} <= set(QUANT_NAMES)
+    assert all(parse_quant(name) is q for name, q in QUANT_NAMES.items())
 
 
-@pytest.mark.parametrize("bad", ["x", "q5_k", "q8", "", "f8", "q4_1"])
+@pytest.mark.parametrize("bad", ["x", "q8", "", "f8", "q4_k_x", "q7_0"])
 def test_parse_quant_unknown(bad):
     with pytest.raises(KilnError) as e:
         parse_quant(bad)
-    assert str(e.value) == f"unknown quantization type {bad!r} (choose from: f32, f16, bf16, q8_0, q4_0)"
+    assert str(e.value) == f"unknown quantization type {bad!r} (choose from: {', '.join(QUANT_NAMES)})"
+    assert "q4_k_m" in str(e.value) and "iq4_xs" in str(e.value)
     assert e.value.path is None
 
 
@@ -572,6 +570,7 @@ def test_file_types():
 
 def test_block_size_and_row_nbytes():
     assert [block_size(q) for q in ALL_TYPES] == [1, 1, 1, 32, 32]
+    assert block_size(Q.Q4_K) == 256 and row_nbytes(512, Q.Q4_K) == 2 * 144
     assert row_nbytes(4096, Q.F32) == 16384
     assert row_nbytes(4096, Q.F16) == row_nbytes(4096, Q.BF16) == 8192
     assert row_nbytes(4096, Q.Q8_0) == 128 * 34
@@ -595,3 +594,42 @@ def test_block_types_reject_ragged_rows(qtype, ncols):
 def test_float_types_take_any_row_length(ggml, qtype):
     x = np.random.default_rng(0).standard_normal((3, 45)).astype(np.float32)
     assert quantize(x, qtype).tobytes() == ggml.quantize(x, qtype)
+
+
+# --- the ggml path kiln uses (convert.quants.encode) ----------------------------------------
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.F16, Q.BF16], ids=lambda q: q.name)
+def test_encode_through_ggml_is_bit_identical_to_numpy(ggml, qtype):
+    """kiln routes the legacy types through ggml too (off the GIL): same bytes as before."""
+    from convert.quants import encode
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_t(3, size=(48, 1024)).astype(np.float32) * np.float32(0.05)
+    x[3] = 0
+    x[5, ::2] = np.float32(1e-39)
+    assert encode(x, qtype).tobytes() == quantize(x, qtype).tobytes()
+
+
+def test_ggml_quantization_releases_the_gil(ggml):
+    """ctypes releases the GIL during ggml_quantize_chunk, so other threads run meanwhile (what
+    lets kiln's quantization threads overlap): while one thread quantizes, this one keeps
+    counting. A call holding the GIL would leave the counter at about zero until it returns."""
+    from convert.quants import encode
+
+    x = np.random.default_rng(1).standard_normal((4096, 2048)).astype(np.float32)
+    done = threading.Event()
+    rate, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.05:      # loops per second with the GIL to itself
+        rate += 1
+    rate /= time.perf_counter() - t0
+    worker = threading.Thread(target=lambda: (encode(x, Q.Q4_K), done.set()))
+    count, t0 = 0, time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        count += 1
+    elapsed = time.perf_counter() - t0
+    worker.join()
+    share = count / (rate * elapsed)
+    print(f"\nmain thread ran at {share:.0%} of its own speed during a {elapsed:.2f} s Q4_K call")
+    # holding the GIL, ggml would leave this thread one 5 ms switch interval: about 1 %
+    assert share > 0.05, (count, rate, elapsed)

@@ -178,7 +178,7 @@ def test_pull_fetches_only_what_conversion_needs(hub, capsys):
     assert "sha256:" in capsys.readouterr().out
 
     hub.clear_log()                                       # a second pull of the same commit
-    assert kiln("pull", REPO, "--quiet") == 0
+    assert kiln("pull", REPO, "--quant", "q8_0", "--quiet") == 0
     assert "up to date" in capsys.readouterr().err
     assert weights_fetched(hub, REPO) == []
 
@@ -391,7 +391,7 @@ def test_concurrent_cli_processes_then_offline(hub, tmp_path):
     procs = [run("pull", BIN_REPO, "--quiet") for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert all("tiny-bin:q8_0" in out for out, _ in outs)
+    assert all("tiny-bin:q4_k_m" in out for out, _ in outs)   # pull's default quant
     assert sum("is up to date" in err for _, err in outs) == 1, outs   # one converted, one waited
     assert len(Store().list()) == 1
     assert Counter(hub.fetched(BIN_REPO))["pytorch_model-00001-of-00002.bin"] == 1
