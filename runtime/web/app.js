@@ -391,9 +391,12 @@ function autosize() {
 
 $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
 $("stop").addEventListener("click", () => stop());
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && state.busy && !ev.isComposing) stop();
+});
 
 function send() {
-  const text = input.value;
+  const text = input.value.replace(/\s+$/, "");
   if (!text.trim() || state.busy) return;
   if (!selectedModel()) {
     showBanner("No model to answer with: the model store is empty.");
