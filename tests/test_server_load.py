@@ -230,3 +230,24 @@ def test_disconnects_free_the_model_within_one_token(tmp_path_factory, loop):
             print(f"{kind}: {rec.tokens_at_end - rec.tokens_at_cancel} token(s) after the "
                   f"server saw the disconnect; model free {latency * 1000:.0f} ms after the "
                   f"client closed ({SLOW * 1000:.0f} ms/token)")
+
+
+def test_keep_alive_and_max_loaded(tmp_path_factory, many, loop):
+    path, _ = many
+    with serve(tmp_path_factory, {"many": path, "loop": loop}, max_loaded=1,
+               keep_alive=0.5) as srv:
+        o, pool = srv.ollama(), srv.pool
+        o.chat(model="many", messages=user("q а"))
+        assert list(pool.loaded) == ["many"]
+        o.chat(model="loop", messages=user("go"), options={"num_predict": 2})
+        assert list(pool.loaded) == ["loop"]          # the least recently used made room
+        wait_for(lambda: not pool.loaded, timeout=5, what="keep-alive to unload the model")
+        o.chat(model="loop", messages=user("go"), options={"num_predict": 2}, keep_alive=-1)
+        import time as _t
+        _t.sleep(1.0)
+        assert list(pool.loaded) == ["loop"]          # keep_alive -1: stays
+        assert o.ps().models[0].model == "loop"
+        o.chat(model="loop", messages=user("go"), options={"num_predict": 2}, keep_alive=0)
+        wait_for(lambda: not pool.loaded, timeout=5, what="keep_alive 0 to unload at once")
+        r = o.generate(model="many", prompt="", keep_alive="10m")   # load only
+        assert r.done and r.done_reason == "load" and list(pool.loaded) == ["many"]
