@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import signal
 import socket
 import sys
@@ -13,23 +12,17 @@ import click
 
 from convert.errors import KilnError
 
-from .config import ServerConfig
+from .config import ServerConfig, duration_seconds
 
 log = logging.getLogger(__name__)
 
 
 def parse_duration(text: str) -> float:
     """Seconds from "300", "5m", "1h30m", "90s"; negative means forever."""
-    text = str(text).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(a + b for a, b in parts) != text:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise click.BadParameter(f"'{text}' is not a duration (e.g. 300, 5m, 1h, -1)")
-    return sum(float(n) * units[u] for n, u in parts)
+    return seconds
 
 
 class _Duration(click.ParamType):

@@ -1,8 +1,25 @@
 """What `kiln serve` was asked for."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds from "300", "5m", "1h30m", "90s" ("+" allowed; negative means forever); None if not one."""
+    text = str(text).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(a + b for a, b in parts) != text.lstrip("+"):
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 

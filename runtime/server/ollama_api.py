@@ -5,7 +5,6 @@ import asyncio
 import functools
 import hashlib
 import json
-import re
 import time
 from datetime import datetime, timezone
 
@@ -15,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from convert.errors import KilnError
 
 from .common import chat_messages, grammar_for, parse, prepare, settings, stops_of
+from .config import duration_seconds
 from .errors import ApiError, bad_request, model_not_found
 from .jobs import run_watching
 from .pool import strip_latest
@@ -49,17 +49,11 @@ def keep_alive_seconds(value) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(a + b for a, b in parts) != text.lstrip("+"):
+    seconds = duration_seconds(value)
+    if seconds is None:
         raise bad_request(f"keep_alive: '{value}' is not a duration (e.g. 5m, 30s, -1, 0)",
                           param="keep_alive")
-    return sum(float(n) * units[u] for n, u in parts)
+    return seconds
 
 
 # -- what a model is ------------------------------------------------------------------------
