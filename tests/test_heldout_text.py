@@ -18,8 +18,12 @@ HELDOUT = Path(__file__).resolve().parent.parent / "runtime" / "corpus" / "heldo
 # the rest in UTF-8 bytes (English ~4.5 bytes a token, code and math ~3, Arabic ~2-4).
 MIN_SIZE = {
     "en": (9000, "bytes"),
+    "code": (8000, "bytes"),
+    "math": (6000, "bytes"),
     "ar": (5000, "bytes"),
     "ja": (3000, "chars"),
+    "zh": (3000, "chars"),
+    "ko": (3000, "chars"),
 }
 
 
@@ -37,6 +41,8 @@ LATIN = ((0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F))
 SCRIPT = {
     "ar": (ARABIC, 0.60),
     "ja": (KANA + HAN, 0.60),
+    "zh": (HAN, 0.60),
+    "ko": (HANGUL, 0.60),
     "en": (LATIN, 0.95),
 }
 
@@ -98,3 +104,17 @@ def test_japanese_mixes_kana_and_kanji():
     letters = _letters(_text("ja"))
     kana, han = _share(letters, KANA), _share(letters, HAN)
     assert kana >= 0.30 and han >= 0.20, f"ja.txt: kana {kana:.0%}, kanji {han:.0%}"
+
+
+def test_chinese_is_not_japanese():
+    letters = _letters(_text("zh"))
+    assert _share(letters, KANA) < 0.005, "zh.txt contains kana"
+
+
+def test_code_and_math_look_like_code_and_math():
+    code = _text("code")
+    for marker in ("def ", "function ", "#include", "package main", "SELECT", "#!/bin/sh"):
+        assert marker in code, f"code.txt has no {marker!r} (Python, JS, C, Go, SQL, shell)"
+    math = _text("math")
+    for marker in ("\\frac", "P(", "=", "\\sum"):
+        assert marker in math, f"math.txt has no {marker!r}"
