@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 
 from convert.errors import KilnError
-from convert.families import family_for_gguf
+from convert.families import BY_NAME, family_for_gguf
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class ModelMeta:
     token_texts: dict[int, str] = field(default_factory=dict)  # only specials, for templates
     hf_json: str | None = None
     prompt_segments: str = ""           # "message": each message tokenized on its own
+    # ISO 639-1 codes the model is made for, strongest first (kiln.languages, else the
+    # family's); empty when nothing says
+    languages: list[str] = field(default_factory=list)
 
 
 # GGUF value types (gguf.GGUFValueType): fixed-size ones as struct formats
@@ -202,6 +205,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
                   if len(t := texts.get(i, "")) == 6 and t.startswith("<0x") and t.endswith(">")},
         hf_json=hf_json,
         prompt_segments=get("kiln.prompt_segments", ""),
+        languages=_string_list(get("kiln.languages", [])),
     )
     if bos is not None and bos in texts:
         meta.token_texts[bos] = texts[bos]
@@ -209,10 +213,16 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
         meta.token_texts[eos] = texts[eos]
     if meta.family is None:
         _apply_family_knowledge(meta)
+    if not meta.languages and meta.family in BY_NAME:   # older kiln file, or recognized
+        meta.languages = list(BY_NAME[meta.family].languages)
     if not meta.chat_template:
         log.warning("%s has no chat template; using plain text turns", path.name)
         meta.chat_template = PLAIN_TEMPLATE
     return meta
+
+
+def _string_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(x) for x in value or []]
 
 
 def _apply_family_knowledge(meta: ModelMeta) -> None:

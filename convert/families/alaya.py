@@ -338,6 +338,7 @@ ALAYA_SAMPLING = {"temperature": 1.0, "top_p": 0.9, "repeat_penalty": 1.0}   # a
 
 class AlayaFamily(MptFamily):
     name = "alaya"
+    languages = ("zh", "en")
     generic = False
     name_hints = ("alaya",)
     file_hints = ("Alaya", "DataCanvas")

@@ -19,6 +19,7 @@ class Family:
     name = "base"
     architectures: tuple[str, ...] = ()
     gguf_arch = ""
+    languages: tuple[str, ...] = ("en",)  # ISO 639-1, strongest first: kiln.languages
 
     def __init__(self, config: dict, model_dir: Path):
         self.config = config
@@ -132,7 +133,8 @@ class Family:
 
     def kiln_metadata(self, vocab: Vocab) -> dict[str, Any]:
         """kiln.* keys: everything the runtime needs to chat with this model correctly."""
-        meta: dict[str, Any] = {"kiln.family": self.name}
+        meta: dict[str, Any] = {"kiln.family": self.name,
+                                "kiln.languages": list(self.languages)}
         if (exact := self.exact_tokenizer()) and vocab.hf_json:
             meta["kiln.tokenizer"] = exact
         if eos := self.eos_ids(vocab):

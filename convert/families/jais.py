@@ -185,6 +185,7 @@ def standard_alibi_slopes(n_head: int, max_bias: float = 8.0) -> np.ndarray:
 
 class JaisFamily(Family):
     name = "jais"
+    languages = ("ar", "en")
     architectures = ("JAISLMHeadModel",)
     gguf_arch = "jais"
 

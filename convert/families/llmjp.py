@@ -73,6 +73,7 @@ def is_fixed_system_instruct(template: str) -> bool:
 
 class LlmJpFamily(LlamaFamily):
     name = "llm-jp"
+    languages = ("ja", "en")
     architectures = ("LlamaForCausalLM", "MixtralForCausalLM")
     name_hints = ("llm-jp",)
     generic = False

@@ -27,6 +27,7 @@ TEMPLATE = (
 
 class RakutenFamily(LlamaFamily):
     name = "rakutenai"
+    languages = ("ja", "en")
     architectures = ("MistralForCausalLM",)
     name_hints = ("rakuten",)
     generic = False

@@ -52,6 +52,7 @@ NUL_ALT_TEXT = "<b'\\x00'>"   # llama.cpp's converter spelling; decodes to byte 
 
 class XverseFamily(LlamaFamily):
     name = "xverse"
+    languages = ("zh", "en")
     architectures = ("XverseForCausalLM",)
     gguf_arch = "xverse"
     generic = False                # (LlamaFamily is the generic module)
