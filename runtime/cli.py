@@ -10,6 +10,7 @@ from convert import __version__
 from convert.cli import convert_cmd, inspect_cmd, quantize_cmd, run_cli
 
 from . import chat_cli, store_cli
+from .eval_cli import eval_cmd
 from .server.cli import serve_cmd
 
 
@@ -28,6 +29,7 @@ cli.add_command(quantize_cmd)
 for _cmd in chat_cli.COMMANDS + store_cli.COMMANDS:
     cli.add_command(_cmd)
 cli.add_command(serve_cmd)
+cli.add_command(eval_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
