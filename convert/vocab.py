@@ -767,8 +767,9 @@ def _pre_with_tok_cfg_clean_up(pre: str, tok_cfg: dict, model_dir: Path) -> str:
     return chosen
 
 
-def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
-    """Read the tokenizer of `model_dir` for a model whose embedding has `n_vocab` rows."""
+def load_vocab(model_dir: Path, config: dict, n_vocab: int, gpt2_files: bool = False) -> Vocab:
+    """Read the tokenizer of `model_dir` for a model whose embedding has `n_vocab` rows.
+    `gpt2_files`: without a tokenizer.json, read GPT-2's vocab.json + merges.txt (Jais)."""
     model_dir = Path(model_dir)
     config = config or {}
     tok_cfg = _read_json_opt(model_dir / "tokenizer_config.json")
@@ -789,10 +790,13 @@ def load_vocab(model_dir: Path, config: dict, n_vocab: int) -> Vocab:
             raise KilnError(tj_path, f"not valid JSON: {e}") from None
         if not isinstance(tj, dict):
             raise KilnError(tj_path, "not a tokenizer.json object")
+    elif gpt2_files and (tj := gpt2_tokenizer_json(model_dir, tok_cfg, stm)) is not None:
+        hf_json = json.dumps(tj)        # and tokenizer.model is not read
+        tj_path = model_dir / "vocab.json"
 
     built: _Built | None = None
     sp_path = model_dir / "tokenizer.model"
-    if sp_path.is_file():
+    if sp_path.is_file() and tj_path.name == "tokenizer.json":
         try:
             sp = parse_sentencepiece_model(sp_path.read_bytes())
         except (ValueError, UnicodeDecodeError, struct.error) as e:
@@ -1071,3 +1075,35 @@ def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
         writer.add_chat_template(vocab.chat_template)
     if vocab.hf_json is not None:
         writer.add_string(gguf.Keys.Tokenizer.HF_JSON, vocab.hf_json)
+
+
+def gpt2_tokenizer_json(model_dir: Path, tok_cfg: dict, stm: dict) -> dict | None:
+    """A tokenizer.json equivalent to a GPT-2 slow tokenizer's vocab.json + merges.txt (None
+    without them), with the special tokens (the `*_token` strings of tokenizer_config.json and
+    special_tokens_map.json) marked as special added tokens, as the fast tokenizer does."""
+    vocab_path, merges_path = model_dir / "vocab.json", model_dir / "merges.txt"
+    if not (vocab_path.is_file() and merges_path.is_file()):
+        return None
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KilnError(model_dir, f"cannot read vocab.json / merges.txt ({exc})") from None
+    if not isinstance(vocab, dict):
+        raise KilnError(vocab_path, "expected an object of token -> id")
+    specials = {c for src in (tok_cfg, stm) for k, v in src.items()
+                if k.endswith("_token") and (c := _token_content(v))}
+    merges = [ln for ln in lines if ln and not ln.startswith("#version")]
+    added = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True}
+             for t in sorted(specials) if isinstance(vocab.get(t), int)]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
+                  "byte_fallback": False, "vocab": vocab, "merges": merges},
+    }

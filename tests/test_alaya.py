@@ -481,7 +481,7 @@ LEAVE_OUT = ["attn_norm bias", "ffn_norm weight", "qkv bias", "ffn_down bias", "
 def test_leaving_one_out_fails(checkpoints, tmp_path, monkeypatch, what):
     """Each norm, bias, scale and attention setting of own-full matters: without it the F32
     error is far above the budget."""
-    from convert.families.alaya import MptFamily
+    from convert.families.mpt import MptFamily
 
     model_dir, ids, ref = checkpoints("own-full")
     tpatch, hpatch = _drop(what)
@@ -500,7 +500,7 @@ def test_leaving_one_out_fails(checkpoints, tmp_path, monkeypatch, what):
 
 
 def test_leaving_out_position_embeddings_fails(checkpoints, tmp_path, monkeypatch):
-    from convert.families.alaya import MptFamily
+    from convert.families.mpt import MptFamily
 
     model_dir, ids, ref = checkpoints("own-gqa-wpe")
     tensors = MptFamily.tensors
@@ -529,7 +529,7 @@ def llama_cpp_logits_stepwise(gguf_path: Path, ids: list[int]) -> np.ndarray:
 def test_qk_ln(checkpoints, tmp_path, monkeypatch, capsys):
     """qk_ln is refused (llama.cpp aborts on multi-token batches); with the refusal lifted, the
     attn_q_norm / attn_k_norm mapping matches llm-foundry token by token, and matters."""
-    import convert.families.alaya as alaya
+    import convert.families.mpt as mpt
 
     model_dir, ids, ref = checkpoints("own-qkln")
     ids = ids[:48]
@@ -538,14 +538,14 @@ def test_qk_ln(checkpoints, tmp_path, monkeypatch, capsys):
         run_cli(cli, ["convert", str(model_dir), "-o", str(out), "--quant", "f32"])
     assert "qk_ln" in capsys.readouterr().err and not out.exists()
 
-    monkeypatch.setattr(alaya, "QK_LN_RUNS", True)
+    monkeypatch.setattr(mpt, "QK_LN_RUNS", True)
     kiln("convert", model_dir, "-o", out, "--quant", "f32")
     stats = compare(ref[:48], llama_cpp_logits_stepwise(out, ids))
     print(f"\n[logits] own-qkln f32 (one token per batch): {stats}")
     assert stats["max_rel"] < TOL["f32"] and stats["top1"] == 1.0, stats
 
-    tensors = alaya.MptFamily.tensors
-    monkeypatch.setattr(alaya.MptFamily, "tensors", lambda self, ck: [
+    tensors = mpt.MptFamily.tensors
+    monkeypatch.setattr(mpt.MptFamily, "tensors", lambda self, ck: [
         t for t in tensors(self, ck) if not t.name.split(".")[-2].startswith(("attn_q_norm",
                                                                              "attn_k_norm"))])
     bad = tmp_path / "bad.gguf"

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KilnError
-from .alaya import AlayaFamily, MptFamily
+from .alaya import AlayaFamily
 from .base import Family
 from .jais import JaisFamily
 from .llama import LlamaFamily
 from .llmjp import LlmJpFamily
+from .mpt import MptFamily
 from .rakuten import RakutenFamily
 from .xverse import XverseFamily
 

@@ -18,10 +18,7 @@ jais-family / jais-30b (`mup_embeddings_scale`, `mup_output_alpha` x `mup_width_
 from __future__ import annotations
 
 import json
-import logging
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +30,6 @@ from ..quants import to_f32
 from ..tensors import OutTensor
 from ..vocab import Vocab, load_vocab
 from .base import Family
-
-log = logging.getLogger(__name__)
 
 # The system text of the official prompt (core42/jais-30b-chat-v1 model card, `prompt_eng` and
 # `prompt_ar`, between "### Instruction: " and the blank line).  jais-13b-chat's card has the same
@@ -353,7 +348,8 @@ class JaisFamily(Family):
 
     # -- tokenizer -----------------------------------------------------------------------
     def vocab(self) -> Vocab:
-        vocab = self._load_vocab()
+        # tokenizer.json, or (as the original repos ship) GPT-2 vocab.json + merges.txt
+        vocab = load_vocab(self.model_dir, self.config, self.n_vocab(), gpt2_files=True)
         if vocab.model != "gpt2":
             raise KilnError(self.model_dir, f"Jais uses a GPT-2 byte-level BPE tokenizer, but "
                             f"this one reads as '{vocab.model}'")
@@ -368,32 +364,6 @@ class JaisFamily(Family):
         vocab.add_bos = False       # the official prompts are sent without BOS
         vocab.add_eos = False
         return vocab
-
-    def _load_vocab(self) -> Vocab:
-        """tokenizer.json, or (as the original repos ship) GPT-2 vocab.json + merges.txt."""
-        files = [self.model_dir / f for f in ("vocab.json", "merges.txt")]
-        if (self.model_dir / "tokenizer.json").is_file() or not all(f.is_file() for f in files):
-            return load_vocab(self.model_dir, self.config, self.n_vocab())
-        specials: set[str] = set()
-        for side in ("tokenizer_config.json", "special_tokens_map.json"):
-            path = self.model_dir / side
-            try:
-                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise KilnError(path, f"cannot read ({exc})") from None
-            for key, value in (data.items() if isinstance(data, dict) else ()):
-                value = value.get("content") if isinstance(value, dict) else value
-                if key.endswith("_token") and isinstance(value, str) and value:
-                    specials.add(value)
-        tokenizer_json = _gpt2_tokenizer_json(*files, specials)
-        with tempfile.TemporaryDirectory(prefix="kiln-jais-") as tmp:
-            for side in ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                         "chat_template.jinja", "chat_template.json"):
-                if (self.model_dir / side).is_file():
-                    shutil.copyfile(self.model_dir / side, Path(tmp) / side)
-            (Path(tmp) / "tokenizer.json").write_text(json.dumps(tokenizer_json),
-                                                      encoding="utf-8")
-            return load_vocab(Path(tmp), self.config, self.n_vocab())
 
     # -- chat knowledge --------------------------------------------------------------------
     def chat_template(self, vocab: Vocab | None) -> str | None:
@@ -411,29 +381,3 @@ class JaisFamily(Family):
     def sampling_defaults(self) -> dict[str, float]:
         return {**_CARD_SAMPLING, **super().sampling_defaults()}
 
-
-def _gpt2_tokenizer_json(vocab_path: Path, merges_path: Path, specials: set[str]) -> dict:
-    """A tokenizer.json equivalent to a GPT-2 slow tokenizer's vocab.json + merges.txt, with the
-    special tokens (bos/eos/unk/pad strings) marked as special added tokens, as the fast
-    tokenizer does."""
-    try:
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KilnError(vocab_path.parent, f"cannot read vocab.json / merges.txt ({exc})") from None
-    if not isinstance(vocab, dict):
-        raise KilnError(vocab_path, "expected an object of token -> id")
-    merges = [ln for ln in lines if ln and not ln.startswith("#version")]
-    added = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
-              "rstrip": False, "normalized": False, "special": True}
-             for t in sorted(specials) if isinstance(vocab.get(t), int)]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                  "use_regex": True}
-    return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level,
-        "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
-                  "byte_fallback": False, "vocab": vocab, "merges": merges},
-    }
