@@ -12,6 +12,12 @@ tools/quantize/quantize.cpp of llama.cpp 0.3.36's vendored tree):
 
 `Imatrix.check(tensors)` matches the entries against a model's tensors and `metadata()` gives
 the `quantize.imatrix.*` keys llama-quantize writes.
+
+`save(...)` writes the GGUF format exactly as llama-imatrix's `save_imatrix` lays it out
+(tools/imatrix/imatrix.cpp, ggml/src/gguf.cpp): keys general.type = "imatrix",
+imatrix.datasets, imatrix.chunk_count (u32), imatrix.chunk_size (u32), in that order; entries
+sorted by name (byte order), each as `<name>.in_sum2` F32 ne [ne0, n_mat] then `<name>.counts`
+F32 ne [1, n_mat]; trailing dims of 1 dropped (ggml_n_dims); data aligned to 32 bytes.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ import numpy as np
 from .errors import KilnError
 
 GGUF_MAGIC = b"GGUF"
+GGUF_ALIGNMENT = 32
+_GGUF_U32, _GGUF_STRING, _GGUF_ARRAY, _GGML_F32 = 4, 8, 9, 0
 
 
 @dataclass
@@ -176,3 +184,64 @@ def _load_legacy(path: Path) -> Imatrix:
             if 0 < n <= len(data) - pos:
                 datasets.append(data[pos: pos + n].split(b"\0")[0].decode("utf-8", "replace"))
     return Imatrix(path, entries, datasets, chunks, 0, legacy=True)
+
+
+def save(path: str | os.PathLike, sums: dict[str, np.ndarray], counts: dict[str, np.ndarray],
+         datasets: list[str], chunk_count: int, chunk_size: int) -> Path:
+    """Write an imatrix GGUF as llama-imatrix does: `sums[name]` is Σx² shaped (n_mat, ne0) (or
+    flat, n_mat * ne0), `counts[name]` the rows seen per matrix (n_mat,).  Written to a temp file
+    next to `path`, renamed at the end: an interrupted save leaves nothing."""
+    path = Path(path)
+    names = sorted(sums, key=lambda n: n.encode("utf-8"))
+    if set(names) != set(counts):
+        raise ValueError("sums and counts name different tensors")
+    tensors: list[tuple[str, tuple[int, int], np.ndarray]] = []
+    for name in names:
+        c = np.ascontiguousarray(counts[name], dtype=np.float32).reshape(-1)
+        s = np.ascontiguousarray(sums[name], dtype=np.float32).reshape(-1)
+        if c.size == 0 or s.size == 0 or s.size % c.size:
+            continue                                 # llama.cpp skips nval == 0 or nmat == 0
+        tensors.append((f"{name}.in_sum2", (s.size // c.size, c.size), s))
+        tensors.append((f"{name}.counts", (1, c.size), c))
+
+    out = bytearray()
+    u32, u64 = struct.Struct("<I").pack, struct.Struct("<Q").pack
+
+    def string(text: str) -> bytes:
+        b = text.encode("utf-8")
+        return u64(len(b)) + b
+
+    out += GGUF_MAGIC + u32(3) + struct.pack("<qq", len(tensors), 4)
+    out += string("general.type") + u32(_GGUF_STRING) + string("imatrix")
+    out += string("imatrix.datasets") + u32(_GGUF_ARRAY) + u32(_GGUF_STRING) + u64(len(datasets))
+    out += b"".join(string(d) for d in datasets)
+    out += string("imatrix.chunk_count") + u32(_GGUF_U32) + u32(int(chunk_count))
+    out += string("imatrix.chunk_size") + u32(_GGUF_U32) + u32(int(chunk_size))
+    offset = 0
+    for name, ne, data in tensors:
+        dims = list(ne)
+        while len(dims) > 1 and dims[-1] == 1:       # ggml_n_dims
+            dims.pop()
+        out += string(name) + u32(len(dims)) + b"".join(struct.pack("<q", d) for d in dims)
+        out += u32(_GGML_F32) + u64(offset)
+        offset += _pad(data.nbytes)
+    out += bytes(_pad(len(out)) - len(out))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(out)
+            for _, _, data in tensors:
+                f.write(data.astype("<f4", copy=False).tobytes())
+                f.write(bytes(_pad(data.nbytes) - data.nbytes))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KilnError(path, f"cannot write the importance matrix ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _pad(n: int) -> int:
+    return (n + GGUF_ALIGNMENT - 1) // GGUF_ALIGNMENT * GGUF_ALIGNMENT
