@@ -11,6 +11,7 @@ from convert.cli import convert_cmd, inspect_cmd, quantize_cmd, run_cli
 
 from . import chat_cli, store_cli
 from .eval_cli import eval_cmd
+from .imatrix_cli import imatrix_cmd
 from .server.cli import serve_cmd
 
 
@@ -30,6 +31,7 @@ for _cmd in chat_cli.COMMANDS + store_cli.COMMANDS:
     cli.add_command(_cmd)
 cli.add_command(serve_cmd)
 cli.add_command(eval_cmd)
+cli.add_command(imatrix_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
