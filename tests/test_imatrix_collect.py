@@ -51,9 +51,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    """About 20 chunks of 128 tokens: one full group of 16 sequences, then a group of 4."""
+    """29 chunks of 128 tokens: a full group of 16 sequences, then one of 13."""
     path = tmp_path_factory.mktemp("text") / "calibration.txt"
-    path.write_text("\n".join(CORPUS * 3) + "\n", encoding="utf-8")
+    path.write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
     return path
 
 
@@ -264,7 +264,7 @@ def test_no_text_without_bundled_corpus(models, tmp_path, capsys):
         from runtime.corpus import calibration_text  # noqa: F401
     except ImportError:
         out = tmp_path / "out.imatrix"
-        err = kiln_fails(capsys, "imatrix", models("llama-8layers"), "-o", out)
+        err = kiln_fails(capsys, "imatrix", models("llama-8layers"), "-o", out, "--ctx", CTX)
         assert "--text FILE" in err
         nothing_left(out)
     else:
