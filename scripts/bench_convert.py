@@ -2,15 +2,9 @@
 
 What it does, in order:
 
-1. Makes (or reuses, when already complete) a random checkpoint in the exact shape of
-   llm-jp/llm-jp-3-1.8b: LlamaForCausalLM, hidden 2048, 24 layers, 16 heads (16 KV heads,
-   head_dim 128), MLP 7168, vocab 99584, bf16, sharded safetensors (2 GB shards) with a
-   model.safetensors.index.json as transformers writes it: about 3.5 GiB. It is written with
-   numpy only, a few MB at a time, so the generator itself needs little memory. The weights are
-   random bf16 bit patterns kept to sane magnitudes (|w| in [2^-7, 2^-3), norms in [1, 2)).
-   The tokenizer is a small SentencePiece model (tokenizer.model, byte fallback, ~1000 pieces)
-   trained on the spot, because llama.cpp's converter cannot read llm-jp's Unigram
-   tokenizer.json; both converters pad the vocabulary up to the 99584 rows of the embeddings.
+1. Makes (or reuses, when already complete) the random checkpoint in the exact shape of
+   llm-jp/llm-jp-3-1.8b (scripts/bench_checkpoint.py: ~3.5 GiB bf16 in 2 GB safetensors shards,
+   a small SentencePiece tokenizer; --quick: 4 layers, vocab 32000, ~0.7 GiB).
 
 2. Runs each conversion in its own subprocess and measures its wall time and the child's own
    peak RSS (ru_maxrss of that one process, from os.wait4; not a RUSAGE_CHILDREN aggregate):
@@ -60,322 +54,22 @@ was missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
+import benchlib as bl
+from bench_checkpoint import checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_OUT = REPO / "bench_out"
-MARKER = "bench_checkpoint.json"   # written last: its presence means the checkpoint is complete
 TARGET_WALL, TARGET_RSS = 0.5, 0.5  # kiln Q8_0 / llama.cpp Q8_0, from the first issue
 TARGET_Q8_WALL, TARGET_Q8_CPU = 0.25, 1.7   # issue 9: Q8_0 wall vs llama.cpp, CPU s / wall s
 # issue 9, K-quants: kiln one pass vs llama.cpp's two steps, vs llama-quantize alone, peak RSS
 TARGET_K_WALL, TARGET_K_QUANTIZE, TARGET_K_RSS = 0.75, 1.1, 0.25
 KQUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3_k_l", "q2_k",
            "iq4_xs", "iq4_nl", "q4_1", "q5_0", "q5_1")
-CHUNK_ELEMENTS = 1 << 23            # 16 MiB of bf16 per write: the generator's memory bound
-BF16_NBYTES = 2
-SAMPLE_S = 0.02                     # /proc/PID/status sampling interval
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint shape
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    hidden_size: int = 2048
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 16
-    num_key_value_heads: int = 16
-    head_dim: int = 128
-    intermediate_size: int = 7168
-    vocab_size: int = 99584
-    max_position_embeddings: int = 4096
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    shard_bytes: int = 2_000_000_000   # transformers' max_shard_size="2GB" (decimal)
-    spm_vocab: int = 1000
-    seed: int = 0
-
-
-FULL = Shape(name="llm-jp-3-1.8b-shape")
-QUICK = Shape(name="llm-jp-3-1.8b-shape-quick", num_hidden_layers=4, vocab_size=32000,
-              shard_bytes=300_000_000)
-
-
-def config_json(s: Shape) -> dict:
-    """config.json as llm-jp-3-1.8b ships it, with the shape's numbers."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "head_dim": s.head_dim,
-        "hidden_act": "silu",
-        "hidden_size": s.hidden_size,
-        "initializer_range": 0.02,
-        "intermediate_size": s.intermediate_size,
-        "max_position_embeddings": s.max_position_embeddings,
-        "mlp_bias": False,
-        "model_type": "llama",
-        "num_attention_heads": s.num_attention_heads,
-        "num_hidden_layers": s.num_hidden_layers,
-        "num_key_value_heads": s.num_key_value_heads,
-        "pretraining_tp": 1,
-        "rms_norm_eps": s.rms_norm_eps,
-        "rope_scaling": None,
-        "rope_theta": s.rope_theta,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.44.2",
-        "use_cache": True,
-        "vocab_size": s.vocab_size,
-    }
-
-
-def tensor_specs(s: Shape) -> list[tuple[str, tuple[int, ...]]]:
-    """Every tensor, in the order of LlamaForCausalLM.state_dict() (which drives sharding)."""
-    d, f, v = s.hidden_size, s.intermediate_size, s.vocab_size
-    q_out, kv_out = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim
-    specs: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (v, d))]
-    for i in range(s.num_hidden_layers):
-        p = f"model.layers.{i}."
-        specs += [
-            (p + "self_attn.q_proj.weight", (q_out, d)),
-            (p + "self_attn.k_proj.weight", (kv_out, d)),
-            (p + "self_attn.v_proj.weight", (kv_out, d)),
-            (p + "self_attn.o_proj.weight", (d, q_out)),
-            (p + "mlp.gate_proj.weight", (f, d)),
-            (p + "mlp.up_proj.weight", (f, d)),
-            (p + "mlp.down_proj.weight", (d, f)),
-            (p + "input_layernorm.weight", (d,)),
-            (p + "post_attention_layernorm.weight", (d,)),
-        ]
-    specs += [("model.norm.weight", (d,)), ("lm_head.weight", (v, d))]
-    return specs
-
-
-def nbytes(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * BF16_NBYTES
-
-
-def shard_plan(s: Shape) -> list[list[tuple[str, tuple[int, ...]]]]:
-    """huggingface_hub's greedy split (split_state_dict_into_shards_factory), tensor by tensor."""
-    shards: list[list] = []
-    current: list = []
-    size = 0
-    for name, shape in tensor_specs(s):
-        n = nbytes(shape)
-        if n > s.shard_bytes:            # bigger than a shard: alone in its own
-            shards.append([(name, shape)])
-            continue
-        if current and size + n > s.shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append((name, shape))
-        size += n
-    if current:
-        shards.append(current)
-    return shards
-
-
-def shard_names(n: int) -> list[str]:
-    if n == 1:
-        return ["model.safetensors"]
-    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-
-
-# --------------------------------------------------------------------------------------------
-# Writing the checkpoint
-# --------------------------------------------------------------------------------------------
-def random_bf16(rng: np.random.Generator, n: int, norm: bool) -> np.ndarray:
-    """n random bf16 values as uint16 bits, without ever making a float array.
-
-    Matrices: random sign, exponent 120..123, random mantissa: |w| in [2^-7, 2^-3).
-    Norm weights: positive, exponent 127, random mantissa: w in [1, 2).
-    """
-    bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]  # ~3 GB/s
-    if norm:
-        np.bitwise_and(bits, 0x007F, out=bits)
-        np.bitwise_or(bits, 0x3F80, out=bits)
-    else:
-        np.bitwise_and(bits, 0x81FF, out=bits)   # sign, low exponent bits 7-8, mantissa
-        np.bitwise_or(bits, 0x3C00, out=bits)    # exponent bits 9-14 = 0b011110 -> 120..123
-    return bits
-
-
-def safetensors_header(tensors: list[tuple[str, tuple[int, ...]]]) -> tuple[bytes, list]:
-    """A safetensors header as the safetensors library writes it: data sorted by name (all
-    tensors share one dtype), "__metadata__" first, padded with spaces to 8 bytes."""
-    ordered = sorted(tensors)
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in ordered:
-        n = nbytes(shape)
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    return len(blob).to_bytes(8, "little") + blob, ordered
-
-
-def write_shard(path: Path, tensors: list, rng: np.random.Generator, progress) -> int:
-    head, ordered = safetensors_header(tensors)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(head)
-        for name, shape in ordered:
-            total = int(np.prod(shape, dtype=np.int64))
-            norm = len(shape) == 1
-            for start in range(0, total, CHUNK_ELEMENTS):
-                n = min(CHUNK_ELEMENTS, total - start)
-                f.write(random_bf16(rng, n, norm).data)
-                progress(n * BF16_NBYTES)
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-CORPUS_WORDS_EN = ("the of and to in is was for on that with as by it from at his an were are "
-                   "which this be or has had not first one their its new after who they two her "
-                   "she been other when there all during into school time may years more most "
-                   "only over city some world would where later up such used many can state "
-                   "about national out known university united then made model convert tensor "
-                   "weight layer token memory stream quantize kiln llama offline laptop").split()
-CORPUS_WORDS_JA = ("日本 語 の テキスト を 変換 する モデル 大規模 言語 東京 大学 研究 開発 "
-                   "計算 メモリ 速度 重み 量子化 今日 は 良い 天気 です こんにちは 世界 "
-                   "ます した ため 学習 データ 文章 生成 評価 実験 結果").split()
-
-
-def write_tokenizer(model_dir: Path, s: Shape) -> int:
-    """tokenizer.model (SentencePiece BPE, byte fallback) plus the HF tokenizer files."""
-    import sentencepiece as spm
-
-    rng = np.random.default_rng(s.seed + 1)
-    lines = []
-    for _ in range(4000):
-        words = CORPUS_WORDS_JA if rng.random() < 0.35 else CORPUS_WORDS_EN
-        n = int(rng.integers(4, 16))
-        sep = "" if words is CORPUS_WORDS_JA else " "
-        line = sep.join(words[int(i)] for i in rng.integers(0, len(words), n))
-        if rng.random() < 0.2:
-            line += f" {int(rng.integers(0, 100000))}."
-        lines.append(line)
-    corpus = model_dir / "spm_corpus.txt.tmp"
-    corpus.write_text("\n".join(lines), encoding="utf-8")
-    prefix = model_dir / "spm_tmp"
-    try:
-        spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=str(prefix), vocab_size=s.spm_vocab,
-            model_type="bpe", byte_fallback=True, character_coverage=1.0,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False,
-            num_threads=1)
-    finally:
-        corpus.unlink(missing_ok=True)
-    os.replace(f"{prefix}.model", model_dir / "tokenizer.model")
-    Path(f"{prefix}.vocab").unlink(missing_ok=True)
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    (model_dir / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": True, "add_eos_token": False, **special, "pad_token": None,
-        "clean_up_tokenization_spaces": False, "legacy": True,
-        "model_max_length": s.max_position_embeddings, "sp_model_kwargs": {},
-        "tokenizer_class": "LlamaTokenizer"}, indent=2) + "\n")
-    (model_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
-    return sp.get_piece_size()
-
-
-def checkpoint_complete(model_dir: Path, s: Shape) -> bool:
-    marker = model_dir / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if info.get("shape") != asdict(s):
-        return False
-    for name, size in info.get("files", {}).items():
-        p = model_dir / name
-        if not p.is_file() or p.stat().st_size != size:
-            return False
-    return bool(info.get("files"))
-
-
-def make_checkpoint(model_dir: Path, s: Shape, regenerate: bool = False) -> dict:
-    """Write the checkpoint unless a complete one with this shape is already there."""
-    if not regenerate and checkpoint_complete(model_dir, s):
-        info = json.loads((model_dir / MARKER).read_text())
-        print(f"reusing checkpoint {model_dir} ({info['weight_bytes'] / 2**30:.2f} GiB, "
-              f"{len(info['shards'])} shards)", flush=True)
-        return info | {"reused": True}
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / MARKER).unlink(missing_ok=True)
-    for old in list(model_dir.glob("model*.safetensors*")):
-        old.unlink()
-    plan = shard_plan(s)
-    names = shard_names(len(plan))
-    total = sum(nbytes(shape) for shard in plan for _, shape in shard)
-    free = shutil.disk_usage(model_dir).free
-    if free < total + (256 << 20):
-        sys.exit(f"error: {model_dir}: not enough disk space for the checkpoint "
-                 f"({total / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free)")
-    print(f"writing checkpoint {model_dir}: {total / 2**30:.2f} GiB in {len(plan)} shard(s)",
-          flush=True)
-    rng = np.random.default_rng(s.seed)
-    started = time.perf_counter()
-    done = [0, 0.0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        now = time.perf_counter()
-        if now - done[1] > 2 or done[0] == total:
-            done[1] = now
-            rate = done[0] / max(now - started, 1e-9) / 2**20
-            print(f"\r  {done[0] / 2**30:6.2f} / {total / 2**30:.2f} GiB  {rate:6.0f} MiB/s",
-                  end="", file=sys.stderr, flush=True)
-
-    files: dict[str, int] = {}
-    weight_map: dict[str, str] = {}
-    for name, shard in zip(names, plan):
-        files[name] = write_shard(model_dir / name, shard, rng, progress)
-        weight_map.update({t: name for t, _ in shard})
-    print(file=sys.stderr)
-    n_params = sum(int(np.prod(shape, dtype=np.int64)) for _, shape in tensor_specs(s))
-    if len(plan) > 1:
-        # exactly as transformers' save_pretrained writes it (sort_keys, indent 2, newline)
-        index = {"metadata": {"total_parameters": n_params, "total_size": total},
-                 "weight_map": weight_map}
-        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        (model_dir / "model.safetensors.index.json").write_text(text)
-    (model_dir / "config.json").write_text(json.dumps(config_json(s), indent=2, sort_keys=True)
-                                           + "\n")
-    (model_dir / "generation_config.json").write_text(json.dumps({
-        "_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
-        "transformers_version": "4.44.2"}, indent=2) + "\n")
-    n_pieces = write_tokenizer(model_dir, s)
-    for extra in ("config.json", "tokenizer.model", "tokenizer_config.json",
-                  "model.safetensors.index.json"):
-        if (model_dir / extra).is_file():
-            files[extra] = (model_dir / extra).stat().st_size
-    info = {"shape": asdict(s), "files": files, "shards": names, "weight_bytes": total,
-            "n_params": n_params, "n_tensors": len(tensor_specs(s)), "spm_pieces": n_pieces,
-            "seconds": round(time.perf_counter() - started, 2)}
-    (model_dir / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"  done in {info['seconds']:.1f} s ({n_params / 1e9:.3f} B params, "
-          f"tokenizer.model with {n_pieces} pieces)", flush=True)
-    return info | {"reused": False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,63 +98,6 @@ class Run:
     intermediate_bytes: int | None = None  # the BF16 GGUF between those steps
 
 
-def warm_cache(model_dir: Path) -> float:
-    """Read every file of the checkpoint once so that the run starts with it in page cache."""
-    started = time.perf_counter()
-    files = sorted(str(p) for p in model_dir.iterdir() if p.is_file())
-    with open(os.devnull, "wb") as null:
-        subprocess.run(["cat", *files], stdout=null, check=True)
-    return time.perf_counter() - started
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / RssAnon / RssFile / RssShmem of a live process, in bytes ({} once it is gone)."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key = line.split(":", 1)[0]
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                    out[key] = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return {}
-    return out
-
-
-def measure(cmd: list[str], env: dict, log_path: Path, timeout: float) -> dict:
-    """Run cmd; its wall time and its own rusage (ru_maxrss of that one process) via wait4.
-
-    While it runs, /proc/PID/status is also sampled every SAMPLE_S seconds for the split of
-    resident memory into anonymous (private heap: what the converter allocates) and file-backed
-    pages (memory-mapped checkpoint pages, which the kernel counts in RSS and ru_maxrss too but
-    can drop at any time). Those sampled peaks may miss a spike shorter than the interval.
-    """
-    peaks = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0}
-    with open(log_path, "wb") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
-        deadline = started + timeout
-        while True:
-            for key, value in proc_status(proc.pid).items():
-                peaks[key] = max(peaks[key], value)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(SAMPLE_S)
-        wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return {"returncode": proc.returncode, "wall_s": wall, "user_s": usage.ru_utime,
-            "sys_s": usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024,  # KiB on Linux
-            "sampled_peak_anon_bytes": peaks["RssAnon"] or None,
-            "sampled_peak_file_bytes": peaks["RssFile"] or None,
-            "timed_out": wall >= timeout}
-
-
 def check_output(path: Path) -> tuple[int | None, str]:
     """Count the tensors of an output GGUF (a cheap sanity check that it is whole)."""
     try:
@@ -475,19 +112,11 @@ def check_output(path: Path) -> tuple[int | None, str]:
         return None, f"could not read: {exc}"
 
 
-def kiln_command() -> list[str]:
-    """kiln's console script next to this Python (not a pyenv shim), else `python -m runtime`."""
-    script = Path(sys.executable).parent / "kiln"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "runtime"]
-
-
 def build_command(tool: str, qtype: str, model_dir: Path, out: Path, llama_cpp: Path | None,
                   kiln_threads: int | None) -> tuple[list[str], dict]:
     env = dict(os.environ)
     if tool == "kiln":
-        cmd = [*kiln_command(), "convert", str(model_dir), "-o", str(out), "--quant", qtype]
+        cmd = [*bl.kiln_command(), "convert", str(model_dir), "-o", str(out), "--quant", qtype]
         if kiln_threads:
             cmd += ["--threads", str(kiln_threads)]
         return cmd, env
@@ -497,18 +126,6 @@ def build_command(tool: str, qtype: str, model_dir: Path, out: Path, llama_cpp: 
     cmd = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(model_dir),
            "--outtype", "bf16" if qtype in KQUANTS else qtype, "--outfile", str(out)]
     return cmd, env
-
-
-def default_llama_quantize() -> Path | None:
-    """llama-quantize built from the installed llama-cpp-python's sdist (tests/llama_tools.py)."""
-    try:
-        from importlib import metadata
-        version = metadata.version("llama-cpp-python")
-    except Exception:  # noqa: BLE001
-        return None
-    root = Path(os.environ.get("KILN_TEST_CACHE") or Path.home() / ".cache" / "kiln-tests")
-    exe = root / f"llama-build-{version}" / "bin" / "llama-quantize"
-    return exe if exe.is_file() else None
 
 
 def run_one(tool: str, qtype: str, rep: int, model_dir: Path, out_dir: Path, log_dir: Path,
@@ -527,10 +144,10 @@ def run_one(tool: str, qtype: str, rep: int, model_dir: Path, out_dir: Path, log
     if free < weight_bytes + (512 << 20):
         run.error = f"not enough disk space in {out_dir} ({free / 2**30:.1f} GiB free)"
         return run
-    warm = warm_cache(model_dir)
+    warm = bl.warm_cache(model_dir)
     print(f"  [{tool} {qtype} #{rep + 1}] warm-up read {warm:.1f} s; running: "
           f"{' '.join(cmd)}", flush=True)
-    m = measure(cmd, env, log_path, timeout)
+    m = bl.measure_process(cmd, env, log_path, timeout)
     run.returncode, run.wall_s, run.user_s = m["returncode"], m["wall_s"], m["user_s"]
     run.sys_s, run.peak_rss_bytes = m["sys_s"], m["peak_rss_bytes"]
     run.sampled_peak_anon_bytes = m["sampled_peak_anon_bytes"]
@@ -575,13 +192,13 @@ def run_two_steps(qtype: str, rep: int, model_dir: Path, out_dir: Path, log_dir:
     cmd1, env = build_command("llama.cpp", qtype, model_dir, inter, llama_cpp, None)
     runs = []
     try:
-        warm_cache(model_dir)
+        bl.warm_cache(model_dir)
         print(f"  [llama.cpp bf16 for {qtype} #{rep + 1}] running: {' '.join(cmd1)}", flush=True)
-        m1 = measure(cmd1, env, log_dir / f"llama.cpp-{qtype}-step1-{rep}.log", timeout)
+        m1 = bl.measure_process(cmd1, env, log_dir / f"llama.cpp-{qtype}-step1-{rep}.log", timeout)
         inter_bytes = inter.stat().st_size if inter.is_file() else None
         cmd2 = [str(quantizer), str(inter), str(out), qtype.upper(), "2"]
         print(f"  [llama-quantize {qtype} #{rep + 1}] running: {' '.join(cmd2)}", flush=True)
-        m2 = measure(cmd2, dict(os.environ), log_dir / f"llama-quantize-{qtype}-{rep}.log", timeout)
+        m2 = bl.measure_process(cmd2, dict(os.environ), log_dir / f"llama-quantize-{qtype}-{rep}.log", timeout)
         runs = [m1, m2]
         run = Run(tool="llama.cpp", qtype=qtype, rep=rep, cmd=cmd1 + ["&&"] + cmd2,
                   returncode=m1["returncode"] or m2["returncode"],
@@ -613,7 +230,6 @@ def run_two_steps(qtype: str, rep: int, model_dir: Path, out_dir: Path, log_dir:
 def ggml_floor(model_dir: Path, qtype: str) -> dict:
     """One thread, kiln's row reading (BF16 -> F32 through ggml) and ggml_quantize_chunk per
     chunk of every tensor, nothing written: the quantizer's own CPU cost for these tensors."""
-    sys.path.insert(0, str(REPO))
     from convert import pipeline
     from convert.quants import encode
 
@@ -652,11 +268,10 @@ def summarize(runs: list[Run], tools: list[str], qtypes: list[str]) -> list[dict
                     "wall_s": round(best.wall_s, 3),
                     "wall_s_all": [round(r.wall_s, 3) for r in good],
                     "cpu_s": round(best.user_s + best.sys_s, 3),
-                    "peak_rss_mib": round(statistics.median(r.peak_rss_bytes for r in good)
-                                          / 2**20, 1),
+                    "peak_rss_mib": _mib(bl.median(r.peak_rss_bytes for r in good)),
                     "peak_rss_mib_all": [round(r.peak_rss_bytes / 2**20, 1) for r in good],
-                    "peak_anon_mib": _median_mib(r.sampled_peak_anon_bytes for r in good),
-                    "peak_file_mib": _median_mib(r.sampled_peak_file_bytes for r in good),
+                    "peak_anon_mib": _mib(bl.median(r.sampled_peak_anon_bytes or None for r in good)),
+                    "peak_file_mib": _mib(bl.median(r.sampled_peak_file_bytes or None for r in good)),
                     "output_mib": round(best.output_bytes / 2**20, 1),
                     "output_bytes": best.output_bytes,
                     "output_check": best.output_check,
@@ -676,9 +291,8 @@ def summarize(runs: list[Run], tools: list[str], qtypes: list[str]) -> list[dict
     return rows
 
 
-def _median_mib(values) -> float | None:
-    vals = [v for v in values if v]
-    return round(statistics.median(vals) / 2**20, 1) if vals else None
+def _mib(n: float | None) -> float | None:
+    return None if n is None else round(n / 2**20, 1)
 
 
 def ratios(rows: list[dict], qtypes: list[str]) -> list[dict]:
@@ -713,96 +327,59 @@ def ratios(rows: list[dict], qtypes: list[str]) -> list[dict]:
     return out
 
 
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def print_table(rows: list[dict], rat: list[dict], notes: list[str],
                 floors: list[dict] | None = None) -> None:
-    head = (f"{'tool':<10} {'type':<6} {'wall s':>7} {'CPU s':>7} {'peak RSS MiB':>12} "
-            f"{'(anon':>6} {'file)':>6} {'output MiB':>10}  check")
-    print()
-    print(head)
-    print("-" * len(head))
+    table = []
     for r in rows:
-        if "wall_s" in r:
-            print(f"{r['tool']:<10} {r['type']:<6} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} "
-                  f"{r['peak_rss_mib']:>12.0f} {_fmt(r['peak_anon_mib'], '6.0f'):>6} "
-                  f"{_fmt(r['peak_file_mib'], '6.0f'):>6} {r['output_mib']:>10.0f}  "
-                  f"{r['output_check']}")
-            if "quantize_wall_s" in r:
-                print(f"{'  of which':<10} {'':<6} {r['convert_bf16_wall_s']:>7.1f} (convert --outtype "
-                      f"bf16, {r['intermediate_mib']:.0f} MiB intermediate) + "
-                      f"{r['quantize_wall_s']:.1f} (llama-quantize: CPU {r['quantize_cpu_s']:.1f} s, "
-                      f"peak RSS {r['quantize_peak_rss_mib']:.0f} MiB)")
-        else:
-            print(f"{r['tool']:<10} {r['type']:<6} {'FAILED':>7}  {str(r.get('error'))[:200]}")
+        if "wall_s" not in r:
+            table.append([r["tool"], r["type"], "FAILED", "", "", "", "", "",
+                          str(r.get("error"))[:200]])
+            continue
+        table.append([r["tool"], r["type"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}",
+                      f"{r['peak_rss_mib']:.0f}", bl.fmt(r["peak_anon_mib"], ".0f"),
+                      bl.fmt(r["peak_file_mib"], ".0f"), f"{r['output_mib']:.0f}",
+                      r["output_check"]])
+        if "quantize_wall_s" in r:
+            table.append(["  of which", "", f"{r['convert_bf16_wall_s']:.1f}", "", "", "", "", "",
+                          f"convert --outtype bf16 ({r['intermediate_mib']:.0f} MiB intermediate)"
+                          f" + {r['quantize_wall_s']:.1f} s llama-quantize (CPU "
+                          f"{r['quantize_cpu_s']:.1f} s, peak RSS "
+                          f"{r['quantize_peak_rss_mib']:.0f} MiB)"])
     for f in floors or []:
         k = next((r for r in rows if r["tool"] == "kiln" and r["type"] == f["type"]), {})
-        print(f"{'ggml floor':<10} {f['type']:<6} CPU s: read rows {f['read_cpu_s']:.1f} + "
-              f"ggml_quantize_chunk {f['quantize_cpu_s']:.1f} = "
-              f"{f['read_cpu_s'] + f['quantize_cpu_s']:.1f} (kiln's CPU s: {_fmt(k.get('cpu_s'), '.1f')})")
+        table.append(["ggml floor", f["type"], "", f"{f['read_cpu_s'] + f['quantize_cpu_s']:.1f}",
+                      "", "", "", "", f"CPU s: read rows {f['read_cpu_s']:.1f} + "
+                      f"ggml_quantize_chunk {f['quantize_cpu_s']:.1f} (kiln's CPU s: "
+                      f"{bl.fmt(k.get('cpu_s'), '.1f')})"])
+    print()
+    print(bl.table(["tool", "type", "wall s", "CPU s", "peak RSS MiB", "anon", "file",
+                    "output MiB", "check"], table, right=range(2, 8)))
     if rat:
-        print()
-        print(f"{'kiln / llama.cpp':<17} {'wall':>6} {'peak RSS':>9} {'(anon)':>7}   "
-              f"target (kiln Q8_0 vs llama.cpp Q8_0)")
+        table = []
         for e in rat:
-            w = "n/a" if e["wall"] is None else f"{e['wall']:.2f}x"
-            m = "n/a" if e["rss"] is None else f"{e['rss']:.2f}x"
-            a = "n/a" if e["anon"] is None else f"{e['anon']:.2f}x"
             target = ""
             if "target_wall" in e:
-                target = (f"wall <= {e['target_wall']}x: {verdict(e['wall_pass'])}, "
-                          f"peak RSS <= {e['target_rss']}x: {verdict(e['rss_pass'])}")
+                target = (f"wall <= {e['target_wall']}x: {bl.verdict(e['wall_pass'])}, "
+                          f"peak RSS <= {e['target_rss']}x: {bl.verdict(e['rss_pass'])}")
             if "cpu_over_wall" in e:
-                target += (f"; issue 9: wall <= {TARGET_Q8_WALL}x: {verdict(e.get('wall_pass_issue9'))}"
-                           f", kiln CPU/wall {e['cpu_over_wall']:.2f} >= {TARGET_Q8_CPU}: "
-                           f"{verdict(e.get('cpu_pass'))}")
+                target += (f"; issue 9: wall <= {TARGET_Q8_WALL}x: "
+                           f"{bl.verdict(e.get('wall_pass_issue9'))}, kiln CPU/wall "
+                           f"{e['cpu_over_wall']:.2f} >= {TARGET_Q8_CPU}: "
+                           f"{bl.verdict(e.get('cpu_pass'))}")
             if "wall_vs_quantize" in e:
-                target = (f"wall <= {TARGET_K_WALL}x of both steps: {verdict(e['wall_pass'])}, "
+                target = (f"wall <= {TARGET_K_WALL}x of both steps: {bl.verdict(e['wall_pass'])}, "
                           f"{e['wall_vs_quantize']:.2f}x of llama-quantize alone (<= "
-                          f"{TARGET_K_QUANTIZE}x): {verdict(e['quantize_pass'])}, peak RSS <= "
-                          f"{TARGET_K_RSS}x: {verdict(e['rss_pass'])}, intermediate "
+                          f"{TARGET_K_QUANTIZE}x): {bl.verdict(e['quantize_pass'])}, peak RSS <= "
+                          f"{TARGET_K_RSS}x: {bl.verdict(e['rss_pass'])}, intermediate "
                           f"{e['intermediate_mib']:.0f} MiB vs kiln 0")
-            print(f"{e['type']:<17} {w:>6} {m:>9} {a:>7}   {target}")
+            table.append([e["type"], bl.fmt_ratio(e["wall"]), bl.fmt_ratio(e["rss"]),
+                          bl.fmt_ratio(e["anon"]), target])
+        print()
+        print(bl.table(["kiln / llama.cpp", "wall", "peak RSS", "anon", "target"], table,
+                       right=(1, 2, 3)))
     print()
     for n in notes:
         print(f"note: {n}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def mem_total_mib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
-def versions() -> dict:
-    from importlib import metadata
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    for pkg in ("kiln", "gguf", "torch", "transformers", "sentencepiece", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def llama_cpp_info(path: Path) -> dict:
@@ -818,18 +395,6 @@ def llama_cpp_info(path: Path) -> dict:
                 info["gguf_py_version"] = line.split("=", 1)[1].strip().strip('"')
                 break
     return info
-
-
-def machine_info() -> dict:
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model(),
-        "mem_total_mib": mem_total_mib(),
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-        "versions": versions(),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -870,7 +435,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "cores; llama.cpp's converter has no such option)")
     p.add_argument("--timeout", type=float, default=3600, metavar="S",
                    help="kill a conversion that runs longer than this (default: %(default)s)")
-    p.add_argument("--llama-quantize", type=Path, metavar="EXE", default=default_llama_quantize(),
+    p.add_argument("--llama-quantize", type=Path, metavar="EXE", default=bl.llama_tool("llama-quantize"),
                    help="llama-quantize for llama.cpp's second step on K-quant types (default: "
                         "the one built from the llama-cpp-python sdist, when present)")
     p.add_argument("--ggml-floor", action="store_true",
@@ -878,8 +443,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="exit with status 2 when a kiln Q8_0 target is missed")
     args = p.parse_args(argv)
-    args.json_out = args.json_out or BENCH_OUT / "bench_convert.json"
-    args.out_dir = args.out_dir or BENCH_OUT
+    args.json_out = args.json_out or bl.BENCH_OUT / "bench_convert.json"
+    args.out_dir = args.out_dir or bl.BENCH_OUT
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if args.llama_cpp is not None:
@@ -895,9 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    shape = QUICK if args.quick else FULL
-    model_dir = (args.model_dir or BENCH_OUT / shape.name).resolve()
-    info = make_checkpoint(model_dir, shape, regenerate=args.regenerate)
+    model_dir, info = checkpoint(args.quick, args.model_dir, args.regenerate)
     if args.generate_only:
         return 0
 
@@ -906,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir.resolve()
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
+    machine = bl.machine_info()
     notes = [
         "page cache cannot be dropped here; every run is preceded by a warm-up read of all "
         "checkpoint files, so all runs are warm-cache runs",
@@ -915,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         f"best wall of {args.repeat} run(s) per row; peak RSS = the converter process's own "
         "ru_maxrss (os.wait4), median over runs; MiB = 2^20 bytes",
         "peak RSS (the target's measure) includes memory-mapped checkpoint pages; (anon file) "
-        f"split it: peaks of RssAnon and RssFile sampled every {SAMPLE_S * 1000:.0f} ms from "
+        f"split it: peaks of RssAnon and RssFile sampled every {bl.SAMPLE_S * 1000:.0f} ms from "
         "/proc/PID/status (anon = memory the converter itself allocates)",
     ]
     if not args.llama_cpp:
@@ -941,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, rat, notes, floors)
 
     result = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": bl.now(),
         "command": [sys.executable, *sys.argv],
         "checkpoint": {"dir": str(model_dir), "shape": info["shape"],
                        "weight_bytes": info["weight_bytes"], "n_params": info["n_params"],
@@ -965,9 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [asdict(r) for r in runs],
         "notes": notes,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json_out}")
+    bl.write_json(args.json_out, result)
 
     if any(not r.ok for r in runs):
         return 1

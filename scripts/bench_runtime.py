@@ -104,7 +104,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import cProfile
-import hashlib
 import io
 import json
 import os
@@ -114,66 +113,23 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as bl
+from bench_checkpoint import checkpoint, ensure_gguf, first_turn_messages, fit_words
+from runtime.engine import _common_prefix
 
-import bench_convert as bc  # noqa: E402  (the checkpoint generator and machine info)
-
-BENCH_OUT = REPO / "bench_out"
 TARGET_RATIO = 0.97          # kiln / bare, pp and tg t/s
 MAX_PROMPT_TRIES = 20        # candidate prompts tried before giving up on "no early eos"
 LLMJP_STOP = "\n\n### 指示:"  # the stop string of the real llm-jp family, for the profile
 
-CORPUS_EN = bc.CORPUS_WORDS_EN
-CORPUS_JA = bc.CORPUS_WORDS_JA
 
 
 # --------------------------------------------------------------------------------------------
 # Model files
 # --------------------------------------------------------------------------------------------
-def checkpoint_id(model_dir: Path) -> str:
-    """A fingerprint of the generated checkpoint (its completion marker lists every file)."""
-    return hashlib.sha256((model_dir / bc.MARKER).read_bytes()).hexdigest()[:16]
-
-
-def ensure_gguf(model_dir: Path, qtype: str, out_dir: Path, reconvert: bool) -> tuple[Path, dict]:
-    """kiln convert MODEL_DIR --quant QTYPE, cached as OUT_DIR/<checkpoint>-<qtype>.gguf."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    gguf = out_dir / f"{model_dir.name}-{qtype}.gguf"
-    note = gguf.with_suffix(".json")
-    ck = checkpoint_id(model_dir)
-    if not reconvert and gguf.is_file() and note.is_file():
-        try:
-            info = json.loads(note.read_text())
-        except (OSError, json.JSONDecodeError):
-            info = {}
-        if info.get("checkpoint_id") == ck and info.get("bytes") == gguf.stat().st_size:
-            print(f"reusing {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB)", flush=True)
-            return gguf, info | {"reused": True}
-    gguf.unlink(missing_ok=True)
-    note.unlink(missing_ok=True)
-    cmd = [*bc.kiln_command(), "convert", str(model_dir), "-o", str(gguf), "--quant", qtype,
-           "--quiet"]
-    print(f"converting: {' '.join(cmd)}", flush=True)
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not gguf.is_file():
-        sys.exit(f"error: kiln convert failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    info = {"checkpoint_id": ck, "checkpoint": str(model_dir), "qtype": qtype,
-            "bytes": gguf.stat().st_size, "command": cmd,
-            "convert_s": round(time.perf_counter() - started, 2),
-            "kiln_output": proc.stdout.strip().splitlines()[-1:]}
-    note.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"  {info['kiln_output'][0] if info['kiln_output'] else 'done'}", flush=True)
-    return gguf, info | {"reused": False}
-
-
 def load_pair(gguf: Path, threads: int, n_ctx: int | None):
     """kiln's ChatModel and a bare Llama built with the very arguments kiln passes."""
     from llama_cpp import Llama
@@ -193,52 +149,6 @@ def llama_params(llm) -> dict:
             "n_threads_batch": llm.n_threads_batch,
             "flash_attn_type": int(llm.context_params.flash_attn_type),
             "n_gpu_layers": int(llm.model_params.n_gpu_layers)}
-
-
-# --------------------------------------------------------------------------------------------
-# Prompts of an exact token count
-# --------------------------------------------------------------------------------------------
-def fit_words(count, target: int, seed: int, prefix: str = "") -> str:
-    """Text of corpus words such that count(text) == target (count is monotone-ish in length).
-
-    Grows the text a word at a time; when a word overshoots, tries the other words (and single
-    letters) for one that lands exactly, else one that still fits, and goes on."""
-    rng = np.random.default_rng(seed)
-    words: list[str] = [prefix] if prefix else []
-    candidates = list(CORPUS_EN) + list(CORPUS_JA) + list("abcdefghijklmnopqrstuvwxyz")
-
-    def text(ws: list[str]) -> str:
-        return " ".join(ws)
-
-    n = count(text(words))
-    for _ in range(20 * target + 100):
-        if n == target:
-            return text(words)
-        pool = CORPUS_JA if rng.random() < 0.3 else CORPUS_EN
-        word = pool[int(rng.integers(len(pool)))]
-        n2 = count(text(words + [word]))
-        if n2 <= target:
-            words.append(word)
-            n = n2
-            continue
-        best = None
-        for cand in rng.permutation(candidates):
-            c = count(text(words + [str(cand)]))
-            if c == target:
-                return text(words + [str(cand)])
-            if n < c < target and (best is None or c > best[0]):
-                best = (c, str(cand))
-        if best is None:
-            raise RuntimeError(f"cannot reach exactly {target} tokens (stuck at {n})")
-        words.append(best[1])
-        n = best[0]
-    raise RuntimeError(f"cannot reach exactly {target} tokens (at {n})")
-
-
-def first_turn_messages(kiln, n_tokens: int, seed: int) -> list[dict]:
-    def count(text: str) -> int:
-        return len(kiln.prompt.encode([{"role": "user", "content": text}]))
-    return [{"role": "user", "content": fit_words(count, n_tokens, seed)}]
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,12 +247,7 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
     """The same turn with bare llama-cpp-python: generate() from the ids, greedy, M tokens."""
     if reset:
         llm.reset()
-    cached = 0
-    if llm.n_tokens:
-        for a, b in zip(llm._input_ids[: llm.n_tokens].tolist(), ids):
-            if a != b:
-                break
-            cached += 1
+    cached = _common_prefix(llm._input_ids[: llm.n_tokens].tolist(), ids) if llm.n_tokens else 0
     evaluated = len(ids) - min(cached, len(ids) - 1)
     load = os.getloadavg()[0]
     cpu0, flt0 = _cpu_s(), _faults()
@@ -442,12 +347,7 @@ def second_turn_messages(kiln, turn1: list[dict], answer: str, k: int, cache: li
     def count(text: str) -> int:
         ids = kiln.prompt.encode(turn1 + [{"role": "assistant", "content": answer},
                                           {"role": "user", "content": text}])
-        common = 0
-        for a, b in zip(cache, ids):
-            if a != b:
-                break
-            common += 1
-        return len(ids) - min(common, len(ids) - 1)
+        return len(ids) - min(_common_prefix(cache, ids), len(ids) - 1)
     text = fit_words(count, k, seed, prefix="next")
     return turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": text}]
 
@@ -470,18 +370,10 @@ def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
     from runtime.engine import _StopScanner
 
     prof: dict = {}
-    t = []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        kiln.prompt.encode(messages)
-        t.append(time.perf_counter() - t0)
-    prof["prompt_build_ms"] = round(statistics.median(t) * 1e3, 3)
-    t = []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        kiln.prompt.render(messages)
-        t.append(time.perf_counter() - t0)
-    prof["template_render_ms"] = round(statistics.median(t) * 1e3, 3)
+    prof["prompt_build_ms"] = round(bl.median(bl.times(lambda: kiln.prompt.encode(messages),
+                                                        10)) * 1e3, 3)
+    prof["template_render_ms"] = round(bl.median(bl.times(lambda: kiln.prompt.render(messages),
+                                                           10)) * 1e3, 3)
 
     # real text pieces (the generated ids of a random model are mostly padding with no text)
     real = [i for i in kiln.prompt.encode(messages) if kiln._piece(i)] or [0]
@@ -599,13 +491,13 @@ def in_situ_overhead(kiln, messages: list[dict], ids: list[int], gen_tokens: int
                     out[f"{tool}_llama_us"].append(inside / n * 1e6)
     finally:
         del llm.eval, llm.sample
-    res = {"kiln_outside_llama_us_per_token": _r(_med(out["kiln_us"]), 1),
-           "bare_outside_llama_us_per_token": _r(_med(out["bare_us"]), 1),
-           "eval_plus_sample_us_per_token": _r(_med(out["kiln_llama_us"]
+    res = {"kiln_outside_llama_us_per_token": bl.rnd(bl.median(out["kiln_us"]), 1),
+           "bare_outside_llama_us_per_token": bl.rnd(bl.median(out["bare_us"]), 1),
+           "eval_plus_sample_us_per_token": bl.rnd(bl.median(out["kiln_llama_us"]
                                                      + out["bare_llama_us"]), 0),
            # the decode itself, driven by kiln or by bare: kiln's code should not slow it down
-           "kiln_eval_plus_sample_us_per_token": _r(_med(out["kiln_llama_us"]), 0),
-           "bare_eval_plus_sample_us_per_token": _r(_med(out["bare_llama_us"]), 0),
+           "kiln_eval_plus_sample_us_per_token": bl.rnd(bl.median(out["kiln_llama_us"]), 0),
+           "bare_eval_plus_sample_us_per_token": bl.rnd(bl.median(out["bare_llama_us"]), 0),
            "raw": {k: [round(x, 1) for x in v] for k, v in out.items()}}
     if res["kiln_outside_llama_us_per_token"] is not None and \
             res["bare_outside_llama_us_per_token"] is not None:
@@ -652,24 +544,14 @@ def print_run(r: dict) -> None:
         tail += f"  ERROR {r['error'][:300]}"
     if tool == "llama-bench":
         got = {("pp" if row["n_prompt"] else "tg"): row["avg_ts"] for row in r.get("rows", [])}
-        print(f"  [{q} #{rep + 1} llama-bench] pp {_f(got.get('pp'), '.1f')} t/s, "
-              f"tg {_f(got.get('tg'), '.2f')} t/s{tail}", flush=True)
+        print(f"  [{q} #{rep + 1} llama-bench] pp {bl.fmt(got.get('pp'), '.1f')} t/s, "
+              f"tg {bl.fmt(got.get('tg'), '.2f')} t/s{tail}", flush=True)
         return
-    print(f"  [{q} #{rep + 1} {tool}@{r.get('llama', '')}] TTFT {r['ttft_s']:.3f} s -> pp {_f(r['pp_tps'], '.1f')} "
+    print(f"  [{q} #{rep + 1} {tool}@{r.get('llama', '')}] TTFT {r['ttft_s']:.3f} s -> pp {bl.fmt(r['pp_tps'], '.1f')} "
           f"t/s; {r['generated_tokens']} tokens in {r['gen_s']:.3f} s -> tg "
-          f"{_f(r['tg_tps'], '.2f')} t/s (median step {_f(r.get('tg_tps_median_step'), '.2f')}); "
+          f"{bl.fmt(r['tg_tps'], '.2f')} t/s (median step {bl.fmt(r.get('tg_tps_median_step'), '.2f')}); "
           f"busy cores {r['busy_cores']:.2f}, other processes {r['other_cpu_s']:.1f} CPU s, "
           f"steal {r['steal_s']:.1f} s, load {r['loadavg_1m']:.2f}{tail}", flush=True)
-
-
-def _med(values) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _spread(values) -> float | None:
-    vals = [v for v in values if v]
-    return (max(vals) / min(vals) - 1) if len(vals) > 1 else None
 
 
 def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dict]:
@@ -693,24 +575,20 @@ def summarize(runs: list[dict], qtypes: list[str], tools: list[str]) -> list[dic
             row = {"type": q, "tool": tool, "runs": len(mine),
                    "disturbed_runs": sum(1 for r in every if r.get("disturbed")),
                    "only_disturbed_runs": bool(every) and all(r.get("disturbed") for r in every),
-                   "pp_tps": _r(_med(pp)), "tg_tps": _r(_med(tg)),
-                   "pp_tps_all": [_r(v) for v in pp], "tg_tps_all": [_r(v) for v in tg],
-                   "pp_spread": _r(_spread(pp), 3), "tg_spread": _r(_spread(tg), 3)}
+                   "pp_tps": bl.rnd(bl.median(pp)), "tg_tps": bl.rnd(bl.median(tg)),
+                   "pp_tps_all": [bl.rnd(v) for v in pp], "tg_tps_all": [bl.rnd(v) for v in tg],
+                   "pp_spread": bl.rnd(bl.spread(pp), 3), "tg_spread": bl.rnd(bl.spread(tg), 3)}
             if tool != "llama-bench":
-                row["tg_tps_median_step"] = _r(_med(tgm))
-                row["ttft_s"] = _r(_med(r["ttft_s"] for r in mine), 4)
-                row["gen_s"] = _r(_med(r["gen_s"] for r in mine), 4)
-                row["busy_cores"] = _r(_med(r["busy_cores"] for r in mine), 2)
+                row["tg_tps_median_step"] = bl.rnd(bl.median(tgm))
+                row["ttft_s"] = bl.rnd(bl.median(r["ttft_s"] for r in mine), 4)
+                row["gen_s"] = bl.rnd(bl.median(r["gen_s"] for r in mine), 4)
+                row["busy_cores"] = bl.rnd(bl.median(r["busy_cores"] for r in mine), 2)
             if tool == "kiln":
-                row["ttft_internal_s"] = _r(_med(r["ttft_internal_s"] for r in mine), 4)
-                row["prompt_build_s"] = _r(_med(r["ttft_s"] - r["ttft_internal_s"]
+                row["ttft_internal_s"] = bl.rnd(bl.median(r["ttft_internal_s"] for r in mine), 4)
+                row["prompt_build_s"] = bl.rnd(bl.median(r["ttft_s"] - r["ttft_internal_s"]
                                                 for r in mine), 5)
             rows.append(row)
     return rows
-
-
-def _r(v, nd: int = 2):
-    return None if v is None else round(v, nd)
 
 
 def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
@@ -741,7 +619,7 @@ def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
                         prods.append(kr[key] / br[key])
                 if prods:
                     paired.append(float(np.prod(prods)) ** (1 / len(prods)))
-            entry[f"{m}_paired"] = _r(_med(paired), 3)
+            entry[f"{m}_paired"] = bl.rnd(bl.median(paired), 3)
             entry[f"{m}_paired_all"] = [round(p, 4) for p in paired]
             if m != "tg_median_step":
                 entry[f"{m}_pass"] = None if entry[m] is None else entry[m] >= TARGET_RATIO
@@ -749,8 +627,8 @@ def ratios(runs: list[dict], rows: list[dict], qtypes: list[str]) -> list[dict]:
             for inst in ("A", "B"):
                 mine = _undisturbed([r for r in runs if r["type"] == q and r["tool"] == tool
                                      and r.get("llama") == inst and not r.get("error")])
-                entry[f"{tool}@{inst}_tg_tps_median_step"] = _r(
-                    _med(r.get("tg_tps_median_step") for r in mine), 3)
+                entry[f"{tool}@{inst}_tg_tps_median_step"] = bl.rnd(
+                    bl.median(r.get("tg_tps_median_step") for r in mine), 3)
         out.append(entry)
     return out
 
@@ -759,62 +637,49 @@ def _last(rs: list[dict]) -> dict | None:
     return rs[-1] if rs else None
 
 
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def _f(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def print_tables(rows, rat, second, notes, args) -> None:
     print()
     print(f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, "
           f"{args.threads} threads, median of {args.repeat}")
-    head = (f"{'type':<5} {'tool':<11} {'pp t/s':>8} {'tg t/s':>8} {'tg* t/s':>8} "
-            f"{'TTFT s':>7} {'kiln/bare pp':>13} {'kiln/bare tg':>13} {'tg*':>6}")
-    print(head)
-    print("-" * len(head))
+    table = []
     for r in rows:
         if "error" in r:
-            print(f"{r['type']:<5} {r['tool']:<11} {'FAILED':>8}  {r['error']}")
+            table.append([r["type"], r["tool"], "FAILED", "", "", "", "", "", r["error"]])
             continue
         ra = next((e for e in rat if e["type"] == r["type"]), None)
         pp_ratio = tg_ratio = tgm_ratio = ""
         if r["tool"] == "kiln" and ra:
-            pp_ratio = f"{_f(ra['pp'], '.3f')} {verdict(ra['pp_pass'])}"
-            tg_ratio = f"{_f(ra['tg'], '.3f')} {verdict(ra['tg_pass'])}"
-            tgm_ratio = _f(ra["tg_median_step"], ".3f")
-        print(f"{r['type']:<5} {r['tool']:<11} {_f(r['pp_tps'], '.1f'):>8} "
-              f"{_f(r['tg_tps'], '.2f'):>8} {_f(r.get('tg_tps_median_step'), '.2f'):>8} "
-              f"{_f(r.get('ttft_s'), '.3f'):>7} {pp_ratio:>13} {tg_ratio:>13} {tgm_ratio:>6}")
+            pp_ratio = f"{bl.fmt(ra['pp'], '.3f')} {bl.verdict(ra['pp_pass'])}"
+            tg_ratio = f"{bl.fmt(ra['tg'], '.3f')} {bl.verdict(ra['tg_pass'])}"
+            tgm_ratio = bl.fmt(ra["tg_median_step"], ".3f")
+        table.append([r["type"], r["tool"], bl.fmt(r["pp_tps"], ".1f"), bl.fmt(r["tg_tps"], ".2f"),
+                      bl.fmt(r.get("tg_tps_median_step"), ".2f"), bl.fmt(r.get("ttft_s"), ".3f"),
+                      pp_ratio, tg_ratio, tgm_ratio])
+    print(bl.table(["type", "tool", "pp t/s", "tg t/s", "tg* t/s", "TTFT s", "kiln/bare pp",
+                    "kiln/bare tg", "tg*"], table, right=range(2, 9)))
     if rat:
         print(f"target: kiln/bare >= {TARGET_RATIO} for pp and tg (ratio of the medians). "
               "tg* = 1 / median time of one generation step (robust to steps slowed by other "
               "processes). Same-instance kiln/bare (geometric mean of kiln@A/bare@A and "
               "kiln@B/bare@B, median over repeats): " + "; ".join(
-                  f"{e['type']} pp {_f(e['pp_paired'], '.3f')}, tg {_f(e['tg_paired'], '.3f')}, "
-                  f"tg* {_f(e['tg_median_step_paired'], '.3f')}" for e in rat))
+                  f"{e['type']} pp {bl.fmt(e['pp_paired'], '.3f')}, tg {bl.fmt(e['tg_paired'], '.3f')}, "
+                  f"tg* {bl.fmt(e['tg_median_step_paired'], '.3f')}" for e in rat))
     for e in rat:
-        print(f"{e['type']} tg* by instance: kiln@A {_f(e['kiln@A_tg_tps_median_step'], '.2f')}, "
-              f"bare@A {_f(e['bare@A_tg_tps_median_step'], '.2f')}, kiln@B "
-              f"{_f(e['kiln@B_tg_tps_median_step'], '.2f')}, bare@B "
-              f"{_f(e['bare@B_tg_tps_median_step'], '.2f')} t/s")
+        print(f"{e['type']} tg* by instance: kiln@A {bl.fmt(e['kiln@A_tg_tps_median_step'], '.2f')}, "
+              f"bare@A {bl.fmt(e['bare@A_tg_tps_median_step'], '.2f')}, kiln@B "
+              f"{bl.fmt(e['kiln@B_tg_tps_median_step'], '.2f')}, bare@B "
+              f"{bl.fmt(e['bare@B_tg_tps_median_step'], '.2f')} t/s")
     if second:
         print()
         print("second turn: time to first token after a first turn, K new tokens "
               "(warm = KV cache reused, cold = same full prompt from an empty cache)")
-        head = (f"{'type':<5} {'K':>4} {'prompt':>6} {'evaluated':>9} {'kiln warm s':>11} "
-                f"{'bare warm s':>11} {'kiln cold s':>11} {'warm/cold':>9} "
-                f"{'ms/new tok':>10}")
-        print(head)
-        print("-" * len(head))
-        for s in second:
-            print(f"{s['type']:<5} {s['k']:>4} {_f(s['prompt_tokens'], 'd'):>6} "
-                  f"{_f(s['kiln_evaluated_tokens'], 'd'):>9} "
-                  f"{_f(s['kiln_warm_ttft_s'], '.3f'):>11} {_f(s['bare_warm_ttft_s'], '.3f'):>11} "
-                  f"{_f(s['kiln_cold_ttft_s'], '.3f'):>11} {_f(s['warm_over_cold'], '.3f'):>9} "
-                  f"{_f(s['kiln_warm_ms_per_new_token'], '.1f'):>10}")
+        print(bl.table(["type", "K", "prompt", "evaluated", "kiln warm s", "bare warm s",
+                        "kiln cold s", "warm/cold", "ms/new tok"],
+                       [[s["type"], s["k"], bl.fmt(s["prompt_tokens"], "d"),
+                         bl.fmt(s["kiln_evaluated_tokens"], "d"), bl.fmt(s["kiln_warm_ttft_s"], ".3f"),
+                         bl.fmt(s["bare_warm_ttft_s"], ".3f"), bl.fmt(s["kiln_cold_ttft_s"], ".3f"),
+                         bl.fmt(s["warm_over_cold"], ".3f"),
+                         bl.fmt(s["kiln_warm_ms_per_new_token"], ".1f")] for s in second]))
         for q in dict.fromkeys(s["type"] for s in second):
             mine = sorted((s for s in second if s["type"] == q), key=lambda s: s["k"])
             exact = all(s["kiln_evaluated_tokens"] == s["k"] for s in mine)
@@ -828,26 +693,12 @@ def print_tables(rows, rat, second, notes, args) -> None:
                 slope = ((hi["kiln_warm_ttft_s"] - lo["kiln_warm_ttft_s"])
                          / (hi["kiln_evaluated_tokens"] - lo["kiln_evaluated_tokens"]) * 1e3)
                 line += (f"; slope {slope:.1f} ms per new token (K {lo['k']}->{hi['k']}) vs cold "
-                         f"{_f(hi['kiln_cold_ms_per_prompt_token'], '.1f')} ms per prompt token "
+                         f"{bl.fmt(hi['kiln_cold_ms_per_prompt_token'], '.1f')} ms per prompt token "
                          f"for the {hi['prompt_tokens']}-token prompt")
             print(line)
     print()
     for n in notes:
         print(f"note: {n}")
-
-
-def machine_info(threads: int) -> dict:
-    import llama_cpp
-
-    from runtime.device import physical_cores
-
-    info = bc.machine_info()
-    info["versions"]["llama_cpp_python"] = llama_cpp.__version__
-    info["llama_system_info"] = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
-    info["physical_cores"] = physical_cores()
-    info["threads"] = threads
-    return info
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,8 +758,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="exit with status 2 when a kiln/bare ratio is below the target")
     args = p.parse_args(argv)
-    args.json_out = args.json_out or BENCH_OUT / "bench_runtime.json"
-    args.gguf_dir = args.gguf_dir or BENCH_OUT / "runtime"
+    args.json_out = args.json_out or bl.BENCH_OUT / "bench_runtime.json"
+    args.gguf_dir = args.gguf_dir or bl.BENCH_OUT / "runtime"
     for name in ("prompt_tokens", "gen_tokens", "repeat", "threads", "turn1_tokens"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -927,18 +778,187 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def timed_runs(q: str, kiln, bare, gguf: Path, messages: list[dict], ids: list[int],
+               probe_tokens: list[int], busy_min: float | None, args, sampling: dict,
+               runs: list[dict], failures: list[str]) -> None:
+    """--repeat rounds of kiln and bare on both Llama instances (and llama-bench), appended to
+    runs; a disturbed run is run again (--retries)."""
+    own = {"A": kiln.llm, "B": bare}
+    for rep in range(args.repeat):
+        # both tools on both Llama instances (A: built by kiln, B: built here), in an order
+        # that alternates: the instance effect (~1%) cancels, and kiln@X / bare@X pairs
+        # compare code paths on the very same instance
+        order = [("kiln", "A"), ("bare", "B"), ("bare", "A"), ("kiln", "B")]
+        if rep % 2:
+            order.reverse()
+        if args.llama_bench:
+            order.append(("llama-bench", ""))
+        for tool, inst in order:
+            for attempt in range(args.retries + 1):
+                if tool == "kiln":
+                    kiln.llm = own[inst]
+                    try:
+                        r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True,
+                                     step_stamps=True)
+                    finally:
+                        kiln.llm = own["A"]
+                    r["tokens_match_bare"] = r["token_ids"] == probe_tokens[:-1]
+                    if (r["generated_tokens"] != args.gen_tokens
+                            or r["finish_reason"] != "length"):
+                        r["error"] = (f"kiln generated {r['generated_tokens']} tokens "
+                                      f"({r['finish_reason']}), not {args.gen_tokens}")
+                    del r["token_ids"], r["text"]
+                elif tool == "bare":
+                    r = run_bare(own[inst], ids, args.gen_tokens, sampling, reset=True)
+                    r["tokens_match_probe"] = r["tokens"] == probe_tokens
+                    del r["tokens"]
+                else:
+                    pp = run_llama_bench(args.llama_bench, gguf,
+                                         ["-p", str(args.prompt_tokens), "-n", "0"],
+                                         args.threads)
+                    tg = run_llama_bench(args.llama_bench, gguf,
+                                         ["-p", "0", "-n", str(args.gen_tokens), "-d",
+                                          str(args.prompt_tokens)], args.threads)
+                    r = {"tool": "llama-bench", "loadavg_1m": pp["loadavg_1m"],
+                         "rows": pp.get("rows", []) + tg.get("rows", []),
+                         "cmds": [pp["cmd"], tg["cmd"]]}
+                    errs = [x["error"] for x in (pp, tg) if x.get("error")]
+                    if errs:
+                        r["error"] = " | ".join(errs)
+                r |= {"type": q, "rep": rep, "llama": inst, "attempt": attempt,
+                      "disturbed": is_disturbed(r, busy_min)}
+                runs.append(r)
+                if r.get("error"):
+                    failures.append(f"{q} {tool} #{rep + 1}: {r['error']}")
+                print_run(r)
+                if not r["disturbed"]:
+                    break
+
+
+
+def second_turns(q: str, kiln, bare, messages: list[dict], ids: list[int],
+                 busy_min: float | None, args, sampling: dict) -> list[dict]:
+    """Per K of --second-turn: TTFT of a second turn with K new tokens, warm (KV cache reused)
+    against cold (the same prompt from an empty cache) and against bare after the same turn."""
+    second: list[dict] = []
+    if args.ks:
+        t1 = run_kiln(kiln, messages, args.turn1_tokens, sampling, reset=True)
+        answer = t1["text"]
+        cache = kiln.llm._input_ids[: kiln.llm.n_tokens].tolist()
+        for k in args.ks:
+            msgs2 = second_turn_messages(kiln, messages, answer, k, cache, seed=2000 + k)
+            ids2 = kiln.prompt.encode(msgs2)
+            per = {"kiln_warm": [], "bare_warm": [], "kiln_cold": []}
+            for rep in range(args.repeat):
+                order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
+                for tool in order:
+                    for attempt in range(args.retries + 1):
+                        if tool == "kiln":
+                            first = run_kiln(kiln, messages, args.turn1_tokens, sampling,
+                                             reset=True)
+                            w = run_kiln(kiln, msgs2, 1, sampling, reset=False)
+                            c = run_kiln(kiln, msgs2, 1, sampling, reset=True)
+                            got = (("kiln_warm", w), ("kiln_cold", c))
+                            for _, r in got:
+                                r.pop("token_ids"), r.pop("text")
+                                r["turn1_answer_same"] = first["text"] == answer
+                        else:
+                            run_bare(bare, ids, args.turn1_tokens, sampling, reset=True)
+                            w = run_bare(bare, ids2, 1, sampling, reset=False)
+                            w.pop("tokens")
+                            got = (("bare_warm", w),)
+                        bad = any(is_disturbed(r, busy_min) for _, r in got)
+                        for name, r in got:
+                            r |= {"type": q, "rep": rep, "k": k, "turn": name,
+                                  "attempt": attempt, "disturbed": bad}
+                            per[name].append(r)
+                        if not bad:
+                            break
+                        print(f"    [{q} second turn K={k} {tool} #{rep + 1}] disturbed "
+                              f"(busy cores {min(r['busy_cores'] for _, r in got):.2f}), "
+                              "again", flush=True)
+            kw, bw, kc = (bl.median(r["ttft_s"] for r in _undisturbed(per[n]))
+                          for n in ("kiln_warm", "bare_warm", "kiln_cold"))
+            ev = per["kiln_warm"][0]["evaluated_tokens"]
+            row = {"type": q, "k": k, "prompt_tokens": len(ids2),
+                   "kiln_evaluated_tokens": ev,
+                   "bare_evaluated_tokens": per["bare_warm"][0]["evaluated_tokens"],
+                   "cold_evaluated_tokens": per["kiln_cold"][0]["evaluated_tokens"],
+                   "kiln_warm_ttft_s": bl.rnd(kw, 4), "bare_warm_ttft_s": bl.rnd(bw, 4),
+                   "kiln_cold_ttft_s": bl.rnd(kc, 4),
+                   "kiln_over_bare_warm_ttft": bl.rnd(kw / bw, 3) if kw and bw else None,
+                   "warm_over_cold": bl.rnd(kw / kc, 3) if kw and kc else None,
+                   "kiln_warm_ms_per_new_token": bl.rnd(kw / ev * 1e3, 2) if kw and ev else None,
+                   "kiln_cold_ms_per_prompt_token": bl.rnd(kc / len(ids2) * 1e3, 2) if kc else None,
+                   "runs": [{kk: v for kk, v in r.items()} for n in per for r in per[n]]}
+            second.append(row)
+            print(f"  [{q} second turn K={k}] prompt {len(ids2)}, kiln evaluated {ev}: "
+                  f"warm {bl.fmt(kw, '.3f')} s (bare {bl.fmt(bw, '.3f')} s), cold {bl.fmt(kc, '.3f')} s",
+                  flush=True)
+    return second
+
+
+def run_notes(runs, second, setups, profiles, machine, args) -> list[str]:
+    """The notes printed under the tables and kept in the JSON."""
+    loads = [r["loadavg_1m"] for r in runs]
+    busy = [r["busy_cores"] for r in runs if "busy_cores" in r]
+    notes = [
+        f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), {args.threads} threads for every "
+        f"tool; 1-minute load average {min(loads):.2f}..{max(loads):.2f} during the runs "
+        f"(start {machine['loadavg_start'][0]:.2f}, end {machine['loadavg_end'][0]:.2f}); "
+        f"busy cores per run {min(busy):.2f}..{max(busy):.2f}; CPU time of other processes "
+        f"during the pp/tg runs {sum(r.get('other_cpu_s', 0) for r in runs):.1f} s in all "
+        f"(max {max([r.get('other_cpu_s', 0) for r in runs] or [0]):.1f} s in one run), "
+        f"hypervisor steal {sum(r.get('steal_s', 0) for r in runs):.1f} s; "
+        f"{sum(1 for r in runs if r.get('disturbed'))} pp/tg run(s) and "
+        f"{sum(1 for s in second for r in s['runs'] if r.get('disturbed'))} second-turn run(s) "
+        "disturbed (process got under --busy-min x threads cores) were run again and left out: "
+        "a shared machine makes timings noisy, compare interleaved ratios",
+        "pp t/s = prompt tokens / time to first token (kiln's includes its chat template and "
+        "tokenization); tg t/s = (tokens - 1) / time after the first token; greedy, "
+        "repetition penalty off, same prompt ids and same generated ids on both sides",
+        "the prompt is one chosen so that greedy decoding runs all tokens with no eos, banned "
+        "id or stop string; kiln runs unmodified",
+    ]
+    for q, s in setups.items():
+        k_ll, b_ll = s["kiln_llama"], s["bare_llama"]
+        if k_ll["n_threads_batch"] != b_ll["n_threads_batch"]:
+            notes.append(f"{q}: kiln's Llama has n_threads_batch={k_ll['n_threads_batch']} "
+                         f"(llama-cpp-python's default, all logical CPUs), bare "
+                         f"{b_ll['n_threads_batch']}: kiln passes only n_threads")
+    for q, p in profiles.items():
+        notes.append(
+            f"{q} per-token overhead of kiln (isolated): token->bytes {p['token_to_piece_us']} us, "
+            f"utf-8 decode {p['utf8_decode_us']} us, stop scan {p['stop_scan_model_us']} us "
+            f"(with llm-jp's stop string {p['stop_scan_llmjp_us']} us), logits processor when "
+            f"a family bans ids {p['logits_processor_us']} us; one tg step "
+            f"{bl.fmt(p.get('tg_step_us'), '.0f')} us; prompt build {p['prompt_build_ms']} ms per turn")
+        i = p.get("in_situ") or {}
+        notes.append(
+            f"{q} in situ, per generated token, time outside llama-cpp-python's eval+sample: "
+            f"kiln {bl.fmt(i.get('kiln_outside_llama_us_per_token'), '.1f')} us, bare "
+            f"{bl.fmt(i.get('bare_outside_llama_us_per_token'), '.1f')} us -> kiln adds "
+            f"{bl.fmt(i.get('kiln_extra_us_per_token'), '.1f')} us per token = "
+            f"{bl.fmt((i.get('kiln_extra_share_of_step') or 0) * 100, '.3f')}% of a step "
+            f"(eval+sample per token: {bl.fmt(i.get('kiln_eval_plus_sample_us_per_token'), '.0f')} "
+            f"us under kiln, {bl.fmt(i.get('bare_eval_plus_sample_us_per_token'), '.0f')} us under "
+            "bare)")
+    if args.llama_bench:
+        notes.append("llama-bench: pp = -p N -n 0 (depth 0), tg = -p 0 -n M -d N (after N tokens "
+                     "of context), -r 1 per repeat, its own build of llama.cpp")
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.load:
         import bench_load
 
         return bench_load.main(args.repeat if "--repeat" in (argv or sys.argv) else 7)
-    shape = bc.QUICK if args.quick else bc.FULL
-    model_dir = (args.model_dir or BENCH_OUT / shape.name).resolve()
-    ck_info = bc.make_checkpoint(model_dir, shape)
+    model_dir, ck_info = checkpoint(args.quick, args.model_dir)
     qtypes = [q.strip().lower() for q in args.types.split(",") if q.strip()]
     tools = ["kiln", "bare"] + (["llama-bench"] if args.llama_bench else [])
-    machine = machine_info(args.threads)
+    machine = bl.machine_info(args.threads, llama=True)
     # temperature 0 = llama.cpp's greedy sampler (top_k / top_p unused); penalty 1 = off
     sampling = {"temperature": 0.0, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.0}
 
@@ -978,57 +998,8 @@ def main(argv: list[str] | None = None) -> int:
         busy_min = (args.busy_min * min(args.threads, machine["usable_cpus"] or args.threads)
                     if args.busy_min and kiln.gpu_layers == 0 else None)
         setup["busy_min"] = busy_min
-        own = {"A": kiln.llm, "B": bare}
-        for rep in range(args.repeat):
-            # both tools on both Llama instances (A: built by kiln, B: built here), in an order
-            # that alternates: the instance effect (~1%) cancels, and kiln@X / bare@X pairs
-            # compare code paths on the very same instance
-            order = [("kiln", "A"), ("bare", "B"), ("bare", "A"), ("kiln", "B")]
-            if rep % 2:
-                order.reverse()
-            if args.llama_bench:
-                order.append(("llama-bench", ""))
-            for tool, inst in order:
-                for attempt in range(args.retries + 1):
-                    if tool == "kiln":
-                        kiln.llm = own[inst]
-                        try:
-                            r = run_kiln(kiln, messages, args.gen_tokens, sampling, reset=True,
-                                         step_stamps=True)
-                        finally:
-                            kiln.llm = own["A"]
-                        r["tokens_match_bare"] = r["token_ids"] == probe_tokens[:-1]
-                        if (r["generated_tokens"] != args.gen_tokens
-                                or r["finish_reason"] != "length"):
-                            r["error"] = (f"kiln generated {r['generated_tokens']} tokens "
-                                          f"({r['finish_reason']}), not {args.gen_tokens}")
-                        del r["token_ids"], r["text"]
-                    elif tool == "bare":
-                        r = run_bare(own[inst], ids, args.gen_tokens, sampling, reset=True)
-                        r["tokens_match_probe"] = r["tokens"] == probe_tokens
-                        del r["tokens"]
-                    else:
-                        pp = run_llama_bench(args.llama_bench, gguf,
-                                             ["-p", str(args.prompt_tokens), "-n", "0"],
-                                             args.threads)
-                        tg = run_llama_bench(args.llama_bench, gguf,
-                                             ["-p", "0", "-n", str(args.gen_tokens), "-d",
-                                              str(args.prompt_tokens)], args.threads)
-                        r = {"tool": "llama-bench", "loadavg_1m": pp["loadavg_1m"],
-                             "rows": pp.get("rows", []) + tg.get("rows", []),
-                             "cmds": [pp["cmd"], tg["cmd"]]}
-                        errs = [x["error"] for x in (pp, tg) if x.get("error")]
-                        if errs:
-                            r["error"] = " | ".join(errs)
-                    r |= {"type": q, "rep": rep, "llama": inst, "attempt": attempt,
-                          "disturbed": is_disturbed(r, busy_min)}
-                    runs.append(r)
-                    if r.get("error"):
-                        failures.append(f"{q} {tool} #{rep + 1}: {r['error']}")
-                    print_run(r)
-                    if not r["disturbed"]:
-                        break
-
+        timed_runs(q, kiln, bare, gguf, messages, ids, probe_tokens, busy_min, args, sampling,
+                   runs, failures)
         kiln_tg = [r for r in runs if r["type"] == q and r["tool"] == "kiln" and r.get("tg_tps")]
         step = statistics.median(1 / r["tg_tps"] for r in kiln_tg) if kiln_tg else None
         profiles[q] = overhead_profile(kiln, bare, messages, probe_tokens, step)
@@ -1037,61 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
             cprofiles[q] = cprofile_turn(kiln, messages, args.gen_tokens, sampling)
             print(cprofiles[q])
 
-        # second turn
-        if args.ks:
-            t1 = run_kiln(kiln, messages, args.turn1_tokens, sampling, reset=True)
-            answer = t1["text"]
-            cache = kiln.llm._input_ids[: kiln.llm.n_tokens].tolist()
-            for k in args.ks:
-                msgs2 = second_turn_messages(kiln, messages, answer, k, cache, seed=2000 + k)
-                ids2 = kiln.prompt.encode(msgs2)
-                per = {"kiln_warm": [], "bare_warm": [], "kiln_cold": []}
-                for rep in range(args.repeat):
-                    order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
-                    for tool in order:
-                        for attempt in range(args.retries + 1):
-                            if tool == "kiln":
-                                first = run_kiln(kiln, messages, args.turn1_tokens, sampling,
-                                                 reset=True)
-                                w = run_kiln(kiln, msgs2, 1, sampling, reset=False)
-                                c = run_kiln(kiln, msgs2, 1, sampling, reset=True)
-                                got = (("kiln_warm", w), ("kiln_cold", c))
-                                for _, r in got:
-                                    r.pop("token_ids"), r.pop("text")
-                                    r["turn1_answer_same"] = first["text"] == answer
-                            else:
-                                run_bare(bare, ids, args.turn1_tokens, sampling, reset=True)
-                                w = run_bare(bare, ids2, 1, sampling, reset=False)
-                                w.pop("tokens")
-                                got = (("bare_warm", w),)
-                            bad = any(is_disturbed(r, busy_min) for _, r in got)
-                            for name, r in got:
-                                r |= {"type": q, "rep": rep, "k": k, "turn": name,
-                                      "attempt": attempt, "disturbed": bad}
-                                per[name].append(r)
-                            if not bad:
-                                break
-                            print(f"    [{q} second turn K={k} {tool} #{rep + 1}] disturbed "
-                                  f"(busy cores {min(r['busy_cores'] for _, r in got):.2f}), "
-                                  "again", flush=True)
-                kw, bw, kc = (_med(r["ttft_s"] for r in _undisturbed(per[n]))
-                              for n in ("kiln_warm", "bare_warm", "kiln_cold"))
-                ev = per["kiln_warm"][0]["evaluated_tokens"]
-                row = {"type": q, "k": k, "prompt_tokens": len(ids2),
-                       "kiln_evaluated_tokens": ev,
-                       "bare_evaluated_tokens": per["bare_warm"][0]["evaluated_tokens"],
-                       "cold_evaluated_tokens": per["kiln_cold"][0]["evaluated_tokens"],
-                       "kiln_warm_ttft_s": _r(kw, 4), "bare_warm_ttft_s": _r(bw, 4),
-                       "kiln_cold_ttft_s": _r(kc, 4),
-                       "kiln_over_bare_warm_ttft": _r(kw / bw, 3) if kw and bw else None,
-                       "warm_over_cold": _r(kw / kc, 3) if kw and kc else None,
-                       "kiln_warm_ms_per_new_token": _r(kw / ev * 1e3, 2) if kw and ev else None,
-                       "kiln_cold_ms_per_prompt_token": _r(kc / len(ids2) * 1e3, 2) if kc else None,
-                       "runs": [{kk: v for kk, v in r.items()} for n in per for r in per[n]]}
-                second.append(row)
-                print(f"  [{q} second turn K={k}] prompt {len(ids2)}, kiln evaluated {ev}: "
-                      f"warm {_f(kw, '.3f')} s (bare {_f(bw, '.3f')} s), cold {_f(kc, '.3f')} s",
-                      flush=True)
+        second += second_turns(q, kiln, bare, messages, ids, busy_min, args, sampling)
         kiln.close()
         bare.close()
         del kiln, bare
@@ -1099,56 +1016,11 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     rows = summarize(runs, qtypes, tools)
     rat = ratios(runs, rows, qtypes)
-    loads = [r["loadavg_1m"] for r in runs]
-    busy = [r["busy_cores"] for r in runs if "busy_cores" in r]
-    notes = [
-        f"{machine['nproc']} CPU(s) ({machine['cpu_model']}), {args.threads} threads for every "
-        f"tool; 1-minute load average {min(loads):.2f}..{max(loads):.2f} during the runs "
-        f"(start {machine['loadavg_start'][0]:.2f}, end {machine['loadavg_end'][0]:.2f}); "
-        f"busy cores per run {min(busy):.2f}..{max(busy):.2f}; CPU time of other processes "
-        f"during the pp/tg runs {sum(r.get('other_cpu_s', 0) for r in runs):.1f} s in all "
-        f"(max {max([r.get('other_cpu_s', 0) for r in runs] or [0]):.1f} s in one run), "
-        f"hypervisor steal {sum(r.get('steal_s', 0) for r in runs):.1f} s; "
-        f"{sum(1 for r in runs if r.get('disturbed'))} pp/tg run(s) and "
-        f"{sum(1 for s in second for r in s['runs'] if r.get('disturbed'))} second-turn run(s) "
-        "disturbed (process got under --busy-min x threads cores) were run again and left out: "
-        "a shared machine makes timings noisy, compare interleaved ratios",
-        "pp t/s = prompt tokens / time to first token (kiln's includes its chat template and "
-        "tokenization); tg t/s = (tokens - 1) / time after the first token; greedy, "
-        "repetition penalty off, same prompt ids and same generated ids on both sides",
-        "the prompt is one chosen so that greedy decoding runs all tokens with no eos, banned "
-        "id or stop string; kiln runs unmodified",
-    ]
-    for q, s in setups.items():
-        kl, bl = s["kiln_llama"], s["bare_llama"]
-        if kl["n_threads_batch"] != bl["n_threads_batch"]:
-            notes.append(f"{q}: kiln's Llama has n_threads_batch={kl['n_threads_batch']} "
-                         f"(llama-cpp-python's default, all logical CPUs), bare "
-                         f"{bl['n_threads_batch']}: kiln passes only n_threads")
-    for q, p in profiles.items():
-        notes.append(
-            f"{q} per-token overhead of kiln (isolated): token->bytes {p['token_to_piece_us']} us, "
-            f"utf-8 decode {p['utf8_decode_us']} us, stop scan {p['stop_scan_model_us']} us "
-            f"(with llm-jp's stop string {p['stop_scan_llmjp_us']} us), logits processor when "
-            f"a family bans ids {p['logits_processor_us']} us; one tg step "
-            f"{_f(p.get('tg_step_us'), '.0f')} us; prompt build {p['prompt_build_ms']} ms per turn")
-        i = p.get("in_situ") or {}
-        notes.append(
-            f"{q} in situ, per generated token, time outside llama-cpp-python's eval+sample: "
-            f"kiln {_f(i.get('kiln_outside_llama_us_per_token'), '.1f')} us, bare "
-            f"{_f(i.get('bare_outside_llama_us_per_token'), '.1f')} us -> kiln adds "
-            f"{_f(i.get('kiln_extra_us_per_token'), '.1f')} us per token = "
-            f"{_f((i.get('kiln_extra_share_of_step') or 0) * 100, '.3f')}% of a step "
-            f"(eval+sample per token: {_f(i.get('kiln_eval_plus_sample_us_per_token'), '.0f')} "
-            f"us under kiln, {_f(i.get('bare_eval_plus_sample_us_per_token'), '.0f')} us under "
-            "bare)")
-    if args.llama_bench:
-        notes.append("llama-bench: pp = -p N -n 0 (depth 0), tg = -p 0 -n M -d N (after N tokens "
-                     "of context), -r 1 per repeat, its own build of llama.cpp")
+    notes = run_notes(runs, second, setups, profiles, machine, args)
     print_tables(rows, rat, second, notes, args)
 
     result = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": bl.now(),
         "command": [sys.executable, *sys.argv],
         "checkpoint": {"dir": str(model_dir), "shape": ck_info["shape"],
                        "n_params": ck_info["n_params"], "reused": ck_info["reused"]},
@@ -1169,9 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
         "failures": failures,
         "notes": notes,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {args.json_out}")
+    bl.write_json(args.json_out, result)
     if failures:
         for f in failures:
             print(f"FAILED: {f}")

@@ -18,7 +18,8 @@
 
 Prints a table and writes every number to --json-out (default bench_out/bench_server.json).
 Model: --gguf PATH, or (default) bench_runtime's llm-jp-3-1.8b-shaped checkpoint converted to
---quant (made and cached under bench_out/ the first time: ~3.5 GiB and minutes).
+--quant (made and cached under bench_out/ the first time: ~3.5 GiB and minutes); --quick: the
+4-layer checkpoint, short prompts, one repeat (a smoke run).
 """
 from __future__ import annotations
 
@@ -27,17 +28,13 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_runtime as br  # noqa: E402  (checkpoint, conversion, exact-length prompts)
+import benchlib as bl
+from bench_checkpoint import checkpoint, ensure_gguf, first_turn_messages, fit_words
 
 TARGET = 0.95
 SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
@@ -56,13 +53,19 @@ def parse_args(argv):
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--second-user-tokens", type=int, default=32)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--json-out", type=Path, default=br.BENCH_OUT / "bench_server.json")
-    return p.parse_args(argv)
+    p.add_argument("--json-out", type=Path, default=bl.BENCH_OUT / "bench_server.json")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the 4-layer checkpoint (bench_convert --quick's), 32-token "
+                        "prompt, 16 tokens, 8-token second turn, 1 repeat")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.prompt_tokens, args.gen_tokens, args.second_user_tokens, args.repeat = 32, 16, 8, 1
+    return args
 
 
 # -- the server -------------------------------------------------------------------------------
 def start_server(gguf: Path, threads: int, ctx: int):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(bl.REPO))
     env.pop("KILN_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(gguf), "--port", "0",
                              "--threads", str(threads), "--ctx", str(ctx)],
@@ -151,14 +154,12 @@ def main(argv=None) -> int:
     if args.gguf:
         gguf, note = args.gguf.resolve(), {"gguf": str(args.gguf)}
     else:
-        shape = br.bc.FULL
-        model_dir = (br.BENCH_OUT / shape.name).resolve()
-        br.bc.make_checkpoint(model_dir, shape)
-        gguf, note = br.ensure_gguf(model_dir, args.quant, br.BENCH_OUT / "runtime", False)
+        model_dir, _ = checkpoint(args.quick)
+        gguf, note = ensure_gguf(model_dir, args.quant, bl.BENCH_OUT / "runtime", False)
     print(f"model {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB), {args.threads} threads, "
           f"ctx {args.ctx}", flush=True)
     direct = ChatModel(gguf, n_ctx=args.ctx, threads=args.threads, seed=0)
-    turn1 = br.first_turn_messages(direct, args.prompt_tokens, seed=1)
+    turn1 = first_turn_messages(direct, args.prompt_tokens, seed=1)
     proc, url, model_id = start_server(gguf, args.threads, args.ctx)
     import httpx
 
@@ -187,12 +188,12 @@ def main(argv=None) -> int:
 
             # second turn through the server
             answer = runs["server"][-1]["text"]
-            second_user = br.fit_words(
+            second_user = fit_words(
                 lambda t: len(direct.prompt.tokenizer.encode(t, False)),
                 args.second_user_tokens, seed=2)
             turn2 = turn1 + [{"role": "assistant", "content": answer},
                              {"role": "user", "content": second_user}]
-            other = br.first_turn_messages(direct, args.prompt_tokens, seed=3)
+            other = first_turn_messages(direct, args.prompt_tokens, seed=3)
             ttft = {"turn1": [], "turn2_warm": [], "turn2_cold": []}
             for _ in range(args.repeat):
                 stream_server(http, url, model_id, other, 2)       # the cache holds another chat
@@ -205,31 +206,29 @@ def main(argv=None) -> int:
         code = proc.wait(timeout=60)
         direct.close()
 
-    med = {k: statistics.median([r["tg"] for r in v if r["tg"]]) for k, v in runs.items()}
+    med = {k: bl.median(r["tg"] for r in v) for k, v in runs.items()}
     ratio = med["server"] / med["direct"]
     # the same generation seen at the client and by the server's engine: the server's own cost
-    same_run = statistics.median([r["tg"] / r["engine_tps"] for r in runs["ollama"]
-                                  if r["tg"] and r.get("engine_tps")])
-    direct_same = statistics.median([r["tg"] / r["engine_tps"] for r in runs["direct"]
-                                     if r["tg"] and r.get("engine_tps")])
-    tt = {k: statistics.median(v) for k, v in ttft.items()}
+    same_run, direct_same = (bl.median(bl.ratio(r["tg"], r.get("engine_tps"), None)
+                                       for r in runs[way]) for way in ("ollama", "direct"))
+    tt = {k: bl.median(v) for k, v in ttft.items()}
     rows = [("direct ChatModel", med["direct"], None),
             ("kiln serve /v1 SSE", med["server"], ratio),
-            ("kiln serve /api", med["ollama"], med["ollama"] / med["direct"])]
-    print(f"\n{'way':20} {'tg t/s':>9} {'/direct':>8}")
-    for name, v, rt in rows:
-        mark = "" if rt is None else f" {'PASS' if rt >= TARGET else 'FAIL'} (target >= {TARGET})"
-        print(f"{name:20} {v:9.2f} {'' if rt is None else f'{rt:8.3f}'}{mark}")
+            ("kiln serve /api", med["ollama"], bl.ratio(med["ollama"], med["direct"], None))]
+    print()
+    print(bl.table(["way", "tg t/s", "/direct", f"target >= {TARGET}"],
+                   [[name, f"{v:.2f}", bl.fmt(rt, ".3f"), "" if rt is None else bl.verdict(rt >= TARGET)]
+                    for name, v, rt in rows]))
     print(f"same generation, client t/s / engine t/s: server {same_run:.3f}, "
           f"direct {direct_same:.3f}")
     load = os.getloadavg()
     print(f"load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"({os.cpu_count()} CPUs)")
-    print(f"\n{'TTFT (server)':20} {'ms':>9}")
-    for k in ("turn1", "turn2_warm", "turn2_cold"):
-        print(f"{k:20} {tt[k] * 1000:9.1f}")
-    print(f"turn2 warm / cold    {tt['turn2_warm'] / tt['turn2_cold']:9.3f}")
-    print(f"turn2 warm / turn1   {tt['turn2_warm'] / tt['turn1']:9.3f}")
+    print()
+    print(bl.table(["TTFT (server)", "ms"],
+                   [[k, f"{tt[k] * 1000:.1f}"] for k in ("turn1", "turn2_warm", "turn2_cold")]
+                   + [["turn2 warm / cold", f"{tt['turn2_warm'] / tt['turn2_cold']:.3f}"],
+                      ["turn2 warm / turn1", f"{tt['turn2_warm'] / tt['turn1']:.3f}"]]))
     print(f"same answer both ways: {same_text}; server exit code {code}")
 
     out = {"model": str(gguf), "model_note": note, "threads": args.threads, "ctx": args.ctx,
@@ -242,10 +241,8 @@ def main(argv=None) -> int:
            "same_answer": same_text, "server_exit_code": code,
            "runs": {k: [{x: r[x] for x in ("tokens", "tg", "ttft")} for r in v]
                     for k, v in runs.items()},
-           "machine": br.machine_info(args.threads)}
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print(f"wrote {args.json_out}")
+           "machine": bl.machine_info(args.threads, llama=True)}
+    bl.write_json(args.json_out, out)
     return 0
 
 

@@ -32,6 +32,7 @@ for _p in (REPO, REPO / "scripts"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+SAMPLE_S = 0.02                     # /proc/PID/status sampling interval of measure_process
 PACKAGES = ("kiln", "gguf", "torch", "transformers", "sentencepiece", "safetensors")
 
 
@@ -110,6 +111,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def times(fn: Callable[[], object], n: int) -> list[float]:
+    """Wall seconds of n calls, one after the other."""
+    return [timed(fn)[0] for _ in range(n)]
+
+
 def order(names: list[str], rep: int, rotate: bool = False) -> list[str]:
     """The order of repeat `rep`: reversed on odd repeats (or rotated by one each repeat), so
     that no tool always runs first or right after another."""
@@ -161,6 +167,66 @@ def ratio(a, b, nd: int | None = 3) -> float | None:
     if a is None or not b:
         return None
     return a / b if nd is None else round(a / b, nd)
+
+
+# -------------------------------------------------------------------------------- processes
+
+def warm_cache(folder: Path) -> float:
+    """Read every file of the folder once so that a run starts with it in page cache; seconds."""
+    started = time.perf_counter()
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file())
+    with open(os.devnull, "wb") as null:
+        subprocess.run(["cat", *files], stdout=null, check=True)
+    return time.perf_counter() - started
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / RssAnon / RssFile / RssShmem of a live process, in bytes ({} once it is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[key] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def measure_process(cmd: list[str], env: dict, log_path: Path, timeout: float) -> dict:
+    """Run cmd (output to log_path); its wall time and its own rusage (ru_maxrss of that one
+    process, not a RUSAGE_CHILDREN aggregate) via wait4.
+
+    While it runs, /proc/PID/status is also sampled every SAMPLE_S seconds for the split of
+    resident memory into anonymous (private heap: what the process allocates) and file-backed
+    pages (memory-mapped files such as checkpoint pages, which the kernel counts in RSS and
+    ru_maxrss too but can drop at any time). Sampled peaks may miss a spike shorter than that.
+    """
+    peaks = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    with open(log_path, "wb") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)
+        deadline = started + timeout
+        while True:
+            for key, value in proc_status(proc.pid).items():
+                peaks[key] = max(peaks[key], value)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(SAMPLE_S)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return {"returncode": proc.returncode, "wall_s": wall, "user_s": usage.ru_utime,
+            "sys_s": usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024,  # KiB on Linux
+            "sampled_peak_anon_bytes": peaks["RssAnon"] or None,
+            "sampled_peak_file_bytes": peaks["RssFile"] or None,
+            "timed_out": wall >= timeout}
 
 
 # -------------------------------------------------------------------------------- reporting
