@@ -37,10 +37,10 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+import tokenizer_json as tj  # noqa: E402
 from tokenizer_corpus import CORPUS, TRAIN  # noqa: E402
 
-SPACE = "\u2581"
-BYTES = [f"<0x{i:02X}>" for i in range(256)]
+SPACE, BYTES = tj.SPACE, tj.BYTES
 SHARED = Path(os.environ.get("KILN_SHARED") or ROOT.parent / "shared")   # KILN_SHARED overrides
 LLMJP_FIXTURE = SHARED / "fixtures" / "llm-jp-3-tokenizer"
 
@@ -242,82 +242,44 @@ def build_llmjp_synthetic(d: Path) -> Reference:
     return hf_reference(Tokenizer.from_file(str(d / "tokenizer.json")))
 
 
-def build_xverse(d: Path) -> Reference:
-    """XVERSE's kind: tokenizer.json only, Metaspace + isolated punctuation + single digits
-    before a BPE with byte fallback, specials <unk> <pad> <|startoftext|> <|endoftext|>, the
-    256 byte pieces and a "\\x00" piece (as tests/test_xverse.py builds it)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+XVERSE_TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>"}
+XVERSE_SPECIALS = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]
 
-    specials = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first"),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True)])
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=specials, show_progress=False))
-    j = json.loads(tok.to_str())
-    old = sorted(j["model"]["vocab"].items(), key=lambda kv: kv[1])
-    items = [k for k, _ in old[:4]] + BYTES + ["\x00"]
-    items += [k for k, _ in old[4:] if k not in items]
-    j["model"]["vocab"] = {k: i for i, k in enumerate(items)}
-    tok = Tokenizer.from_str(json.dumps(j))
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save(str(d / "tokenizer.json"))
-    _write_json(d / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>"})
+
+def _xverse_checkpoint(d: Path, tok) -> Reference:
+    """tok as an XVERSE checkpoint's tokenizer (config.json without num_key_value_heads)."""
+    tj.save(d, tok, XVERSE_TOKENIZER_CONFIG)
     cfg = _llama_config("XverseForCausalLM", "xverse/XVERSE-tiny-Chat", tok.get_vocab_size(),
                         pad_token_id=1, bos_token_id=2, eos_token_id=3)
     cfg.pop("num_key_value_heads")
     _write_json(d / "config.json", cfg)
     return hf_reference(tok)
+
+
+def build_xverse(d: Path) -> Reference:
+    """XVERSE's kind: tokenizer.json only, Metaspace + isolated punctuation + single digits
+    before a BPE with byte fallback, specials <unk> <pad> <|startoftext|> <|endoftext|>, the
+    256 byte pieces and a "\\x00" piece (as tests/test_xverse.py builds it)."""
+    return _xverse_checkpoint(d, tj.byte_fallback_bpe(
+        TRAIN, 3000, XVERSE_SPECIALS, tj.xverse_pre_tokenizer(), pieces=BYTES + ["\x00"]))
 
 
 def build_metaspace(d: Path, split: bool) -> Reference:
     """A BPE with byte fallback behind a plain Metaspace pre-tokenizer (prepend_scheme "first",
     `split` as given): the shape XVERSE-style tokenizer.json files take. With split=true
     llama.cpp's SPM tokenizer differs on runs of spaces (issue 11); kiln must not care."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import pre_tokenizers
 
-    specials = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first",
-                                                 split=split)
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=specials, show_progress=False, max_token_length=16))
-    j = json.loads(tok.to_str())
-    old = sorted(j["model"]["vocab"].items(), key=lambda kv: kv[1])
-    items = [k for k, _ in old[:4]] + BYTES
-    items += [k for k, _ in old[4:] if k not in items]
-    j["model"]["vocab"] = {k: i for i, k in enumerate(items)}
-    tok = Tokenizer.from_str(json.dumps(j))
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save(str(d / "tokenizer.json"))
-    _write_json(d / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>"})
-    cfg = _llama_config("XverseForCausalLM", "xverse/XVERSE-tiny-Chat", tok.get_vocab_size(),
-                        pad_token_id=1, bos_token_id=2, eos_token_id=3)
-    cfg.pop("num_key_value_heads")
-    _write_json(d / "config.json", cfg)
-    return hf_reference(tok)
+    pre = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=split)
+    return _xverse_checkpoint(d, tj.byte_fallback_bpe(TRAIN, 3000, XVERSE_SPECIALS, pre,
+                                                      max_token_length=16))
 
 
 def build_jais(d: Path) -> Reference:
     """Jais' kind: GPT-2 byte-level BPE shipped as vocab.json + merges.txt, <|endoftext|> = 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = tj.bytelevel_bpe(TRAIN, 3000, ["<|endoftext|>"])
     d.mkdir(parents=True, exist_ok=True)
     tok.model.save(str(d))                      # vocab.json + merges.txt
     special = "<|endoftext|>"
@@ -370,19 +332,17 @@ def build_llama_spm(d: Path) -> Reference:
 
 def build_llama3(d: Path) -> Reference:
     """Llama-3 style: Split(Llama-3 regex) + ByteLevel, ignore_merges, BOS by post_processor."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, pre_tokenizers, processors
 
     from convert.vocab import LLAMA3_REGEX
 
-    tok = Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=3000, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>",
-                        "<|start_header_id|>", "<|end_header_id|>"]))
+    tok = tj.bytelevel_bpe(TRAIN, 3000, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>",
+                                         "<|start_header_id|>", "<|end_header_id|>"],
+                           pre_tokenizer=pre_tokenizers.Sequence([
+                               pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated",
+                                                    invert=False),
+                               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+                           ignore_merges=True)
     bos = tok.token_to_id("<|begin_of_text|>")
     tok.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
@@ -429,20 +389,12 @@ def build_alaya_spm(d: Path, *, normalization: str = "identity",
 
 def build_alaya_bpe(d: Path) -> Reference:
     """Alaya with a GPT-NeoX-style byte-level BPE tokenizer.json (<unk> <s> </s> <pad> at 0..3)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save(str(d / "tokenizer.json"))
-    _write_json(d / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "pad_token": "<pad>"})
+    tok = tj.bytelevel_bpe(TRAIN, 3000, ["<unk>", "<s>", "</s>", "<pad>"],
+                           post_processor=processors.ByteLevel(trim_offsets=True))
+    tj.save(d, tok, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                     "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"})
     _write_json(d / "config.json", _mpt_config(tok.get_vocab_size()))
     return hf_reference(tok)
 

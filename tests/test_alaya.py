@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tokenizer_json as tj
 from facts import official
 from hf_models import (check_types, compare, convert_and_compare, kiln, llama_cpp_logits,
                        randomize)
@@ -83,20 +84,13 @@ def spm_tokenizer(out_dir: Path) -> int:
 
 def bpe_tokenizer(out_dir: Path) -> int:
     """GPT-NeoX-style byte-level BPE (tokenizer.json only) with <unk> <s> </s> <pad> at 0..3."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=700, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+    tok = tj.bytelevel_bpe(TRAIN, 700, SPECIALS,
+                           post_processor=processors.ByteLevel(trim_offsets=True))
+    tj.save(out_dir, tok, {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "pad_token": "<pad>"}))
+        "unk_token": "<unk>", "pad_token": "<pad>"})
     return tok.get_vocab_size()
 
 

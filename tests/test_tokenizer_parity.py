@@ -32,6 +32,7 @@ pytest.importorskip("sentencepiece")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+import tokenizer_json as tj  # noqa: E402
 import tokenizer_parity as tp  # noqa: E402
 from facts import LLMJP_SKIP  # noqa: E402
 from tokenizer_corpus import CORPUS, INJECTIONS  # noqa: E402
@@ -178,27 +179,14 @@ def test_native_parity(fam):
 def test_llmjp_gain_scores_beat_logprobs(work):
     """convert/vocab.py writes Unigram vocabs with merge-gain scores: on the real llm-jp-3
     tokenizer they match Hugging Face more often than the raw log-probs."""
-    import gguf
-
-    from convert.vocab import load_vocab, write_vocab
+    from convert.vocab import load_vocab
 
     fam = get("llm-jp-real", work)
     v = load_vocab(fam.dir, {"vocab_size": 99584}, 99584)
     assert v.unigram
 
     def same(vocab, name):
-        w = gguf.GGUFWriter(str(work / name), "llama")
-        for key, val in (("add_context_length", 64), ("add_embedding_length", 8),
-                         ("add_block_count", 1), ("add_feed_forward_length", 8),
-                         ("add_head_count", 1), ("add_head_count_kv", 1)):
-            getattr(w, key)(val)
-        w.add_layer_norm_rms_eps(1e-5)
-        write_vocab(w, vocab)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        llm, _, _ = tp.load_gguf(work / name)
+        llm, _, _ = tp.load_gguf(tj.vocab_gguf(work / name, vocab))
         try:
             return sum(tp.native_ids(llm, line) == fam.ref.encode(line) for _, line in CORPUS)
         finally:
@@ -421,21 +409,7 @@ def test_native_merge_into_a_control_token_is_spelled_out(work, tmp_path):
     assert "</" in v.tokens and "s>" not in v.tokens
     victim = max(i for i, ty in enumerate(v.types) if ty == 1 and len(v.tokens[i]) > 3)
     v.tokens[victim] = "s>"
-    import gguf
-
-    w = gguf.GGUFWriter(str(tmp_path / "s.gguf"), "llama")
-    for key, val in (("add_context_length", 64), ("add_embedding_length", 8),
-                     ("add_block_count", 1), ("add_feed_forward_length", 8),
-                     ("add_head_count", 1), ("add_head_count_kv", 1)):
-        getattr(w, key)(val)
-    w.add_layer_norm_rms_eps(1e-5)
-    from convert.vocab import write_vocab
-    write_vocab(w, v)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    llm, meta, tok = tp.load_gguf(tmp_path / "s.gguf")
+    llm, meta, tok = tp.load_gguf(tj.vocab_gguf(tmp_path / "s.gguf", v))
     try:
         text = "a</s>b"
         eos = meta.eos_id

@@ -18,19 +18,17 @@ import pytest
 from convert.errors import KilnError
 from convert.vocab import (
     LLAMA3_REGEX,
-    Vocab,
     load_vocab,
     parse_sentencepiece_model,
-    write_vocab,
 )
 
 from facts import LLMJP_SKIP, LLMJP_TOKENIZER, have_llmjp_tokenizer  # noqa: E402
+import tokenizer_json as tj  # noqa: E402
 
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import (  # noqa: E402
     Regex,
     Tokenizer,
-    decoders,
     models,
     normalizers,
     pre_tokenizers,
@@ -115,24 +113,6 @@ CORPUS = _corpus()
 
 # ------------------------------------------------------------------------------- helpers
 
-def _write_gguf(path: Path, vocab: Vocab) -> Path:
-    w = gguf.GGUFWriter(str(path), "llama")
-    # minimal llama hparams (llama.cpp skips them for vocab_only loads, but keep the file sane)
-    w.add_context_length(256)
-    w.add_embedding_length(64)
-    w.add_block_count(1)
-    w.add_feed_forward_length(128)
-    w.add_head_count(2)
-    w.add_head_count_kv(2)
-    w.add_layer_norm_rms_eps(1e-5)
-    write_vocab(w, vocab)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 def _llama(gguf_path: Path):
     llama_cpp = pytest.importorskip("llama_cpp")
     return llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
@@ -177,30 +157,6 @@ def _gguf_fields(path: Path) -> dict:
     return out
 
 
-def _save(d: Path, tok: Tokenizer, tok_cfg: dict, **extra) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False), "utf-8")
-    for name, content in extra.items():
-        (d / name.replace("__", ".")).write_text(
-            content if isinstance(content, str) else json.dumps(content), "utf-8")
-    return d
-
-
-BYTES = [f"<0x{i:02X}>" for i in range(256)]
-
-
-def _insert_bytes_bpe(tok: Tokenizer, n_special: int) -> Tokenizer:
-    """Put <0x00>..<0xFF> right after the special tokens, as in Llama/Mistral vocabularies."""
-    d = json.loads(tok.to_str())
-    old = sorted(d["model"]["vocab"].items(), key=lambda kv: kv[1])
-    specials, rest = old[:n_special], [kv for kv in old[n_special:] if kv[0] not in BYTES]
-    items = [k for k, _ in specials] + BYTES + [k for k, _ in rest]
-    d["model"]["vocab"] = {k: i for i, k in enumerate(items)}
-    d["model"]["byte_fallback"] = True
-    return Tokenizer.from_str(json.dumps(d))
-
-
 # ------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
@@ -239,73 +195,59 @@ def sp_bpe(work):
     (d / "added_tokens.json").write_text(json.dumps({"<|im_end|>": n, "<extra>": n + 1}), "utf-8")
     config = {"vocab_size": n + 2 + 6, "bos_token_id": 1, "eos_token_id": [2, n]}
     vocab = load_vocab(d, config, config["vocab_size"])
-    path = _write_gguf(work / "sp_bpe.gguf", vocab)
+    path = tj.vocab_gguf(work / "sp_bpe.gguf", vocab)
     return d, sp, vocab, path, n
 
 
 @pytest.fixture(scope="module")
 def bytelevel_bpe(work):
     """GPT-2 style byte-level BPE (tokenizers), pre-tokenized by ByteLevel's own regex."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=1500, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = tj.bytelevel_bpe(CORPUS, 1500, ["<|endoftext|>"])
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     n = tok.get_vocab_size()
     cfg = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
            "unk_token": "<|endoftext|>", "add_bos_token": False,
            "chat_template": [{"name": "default", "template": "{{ messages[0]['content'] }}"},
                              {"name": "tool_use", "template": "tools"}]}
-    d = _save(work / "bl_bpe", tok, cfg)
+    d = tj.save(work / "bl_bpe", tok, cfg)
     config = {"vocab_size": n + 3, "bos_token_id": 0, "eos_token_id": [0]}
     vocab = load_vocab(d, config, config["vocab_size"])
-    return d, tok, vocab, _write_gguf(work / "bl_bpe.gguf", vocab), n
+    return d, tok, vocab, tj.vocab_gguf(work / "bl_bpe.gguf", vocab), n
 
 
 @pytest.fixture(scope="module")
 def llama3_bpe(work):
     """Llama-3 style: Split(Llama-3 regex) + ByteLevel(use_regex=False), ignore_merges, BOS template."""
-    tok = Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=1500, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]))
+    tok = tj.bytelevel_bpe(
+        CORPUS, 1500, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], ignore_merges=True,
+        pre_tokenizer=pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
     bos = tok.token_to_id("<|begin_of_text|>")
     tok.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
         special_tokens=[("<|begin_of_text|>", bos)])
     # add_bos_token=false on purpose: the post_processor (adds BOS) must win
     cfg = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "add_bos_token": False}
-    d = _save(work / "l3_bpe", tok, cfg, chat_template__jinja="{{ bos_token }}jinja-file")
+    d = tj.save(work / "l3_bpe", tok, cfg, chat_template__jinja="{{ bos_token }}jinja-file")
     n = tok.get_vocab_size()
     vocab = load_vocab(d, {"vocab_size": n}, n)
-    return d, tok, vocab, _write_gguf(work / "l3_bpe.gguf", vocab), n
+    return d, tok, vocab, tj.vocab_gguf(work / "l3_bpe.gguf", vocab), n
 
 
 @pytest.fixture(scope="module")
 def fallback_bpe(work):
     """SentencePiece-style BPE in tokenizer.json: Metaspace + byte_fallback (Mistral/XVERSE)."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
-                                                 split=True)
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
-    tok = _insert_bytes_bpe(tok, 3)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok = tj.byte_fallback_bpe(CORPUS, 1500, ["<unk>", "<s>", "</s>"], pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first", split=True))
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", 1)])
     cfg = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
            "eos_token": "</s>", "unk_token": "<unk>"}
-    d = _save(work / "fb_bpe", tok, cfg)
+    d = tj.save(work / "fb_bpe", tok, cfg)
     n = tok.get_vocab_size()
     vocab = load_vocab(d, {"vocab_size": n + 4, "pad_token_id": 0}, n + 4)
-    return d, tok, vocab, _write_gguf(work / "fb_bpe.gguf", vocab), n
+    return d, tok, vocab, tj.vocab_gguf(work / "fb_bpe.gguf", vocab), n
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +262,7 @@ def unigram(work):
     d = json.loads(tok.to_str())
     vocab = d["model"]["vocab"]
     low = min(s for _, s in vocab)
-    vocab[3:3] = [[b, low] for b in BYTES]
+    vocab[3:3] = [[b, low] for b in tj.BYTES]
     d["model"]["byte_fallback"] = True
     d["model"]["unk_id"] = 0
     d["decoder"] = {"type": "Sequence", "decoders": [
@@ -333,10 +275,10 @@ def unigram(work):
         single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", 1)])
     cfg = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
            "eos_token": "</s>", "unk_token": "<unk>"}
-    dd = _save(work / "unigram", tok, cfg)
+    dd = tj.save(work / "unigram", tok, cfg)
     n = tok.get_vocab_size()
     vocab = load_vocab(dd, {"vocab_size": n}, n)
-    return dd, tok, vocab, _write_gguf(work / "unigram.gguf", vocab), n
+    return dd, tok, vocab, tj.vocab_gguf(work / "unigram.gguf", vocab), n
 
 
 # ------------------------------------------------------------------------------- tests: SPM
@@ -482,7 +424,7 @@ def test_unigram(unigram, work):
     ref = lambda t: tok.encode(t).ids  # noqa: E731
     # llama.cpp's SPM tokenizer: greedy bigram merging, not Viterbi -> approximate, but lossless.
     # What kiln writes (merge-gain scores, `path`) against raw log-probs, over the whole corpus.
-    logprob = _llama(_write_gguf(work / "unigram_logprob.gguf",
+    logprob = _llama(tj.vocab_gguf(work / "unigram_logprob.gguf",
                                  dataclasses.replace(v, unigram=False)))
     lp_en, lp_all = _parity("Unigram + byte fallback (llama, log-prob)", logprob, ref, ENGLISH,
                             CORPUS)
@@ -510,7 +452,7 @@ def test_unigram(unigram, work):
     assert merged > 500          # most pieces have a split, so the check has teeth
     # The same tokens and scores through llama.cpp's Viterbi tokenizer (UGM) reproduce HF exactly
     # wherever no byte fallback is needed (UGM maps unknown characters, "\n" here, to <unk>).
-    ugm = _llama(_write_gguf(work / "unigram_t5.gguf", dataclasses.replace(v, model="t5", pre=None)))
+    ugm = _llama(tj.vocab_gguf(work / "unigram_t5.gguf", dataclasses.replace(v, model="t5", pre=None)))
     plain = [t for t in ENGLISH if "\n" not in t]
     en_eq, _ = _parity("Unigram + byte fallback (t5/UGM, same scores)", ugm, ref, plain, MULTILINGUAL)
     assert en_eq == len(plain)
@@ -534,14 +476,14 @@ def test_unigram_gain_scores_by_hand(tmp_path):
     assert hf.encode("abc", add_special_tokens=False).tokens == ["\u2581", "a", "bc"]
     v = load_vocab(d, {"vocab_size": len(pieces)}, len(pieces))
     assert v.unigram and v.model == "llama" and v.add_space_prefix
-    path = _write_gguf(tmp_path / "u.gguf", v)
+    path = tj.vocab_gguf(tmp_path / "u.gguf", v)
     scores = [float(x) for x in gguf.GGUFReader(str(path)).fields["tokenizer.ggml.scores"]
               .contents()]
     assert scores == pytest.approx([0.0, 0.0, 0.0, -1.0, -1.0, -0.5, -3.0, -0.5, 1.3])
     llm = _llama(path)
     assert llm.tokenize(b"abc", add_bos=False, special=False) == \
         hf.encode("abc", add_special_tokens=False).ids == [3, 4, 8]
-    raw = _llama(_write_gguf(tmp_path / "raw.gguf", dataclasses.replace(v, unigram=False)))
+    raw = _llama(tj.vocab_gguf(tmp_path / "raw.gguf", dataclasses.replace(v, unigram=False)))
     assert raw.tokenize(b"abc", add_bos=False, special=False) == [3, 7, 6]   # greedy's ab|c
 
 
@@ -584,7 +526,7 @@ def test_side_files(fallback_bpe, tmp_path, caplog):
     assert v.tokens[n + 1] == "<|tool|>" and v.types[n + 1] == TCONTROL   # looks special
     assert v.tokens[n + 2] == f"[PAD{n + 2}]" and v.n_real == n + 2
     assert v.special == {"bos": 1, "eos": 2, "unk": 0, "pad": 3}
-    llm = _llama(_write_gguf(tmp_path / "v.gguf", v))
+    llm = _llama(tj.vocab_gguf(tmp_path / "v.gguf", v))
     assert n in _ll_ids(llm, "say hello world now")
 
 
@@ -663,7 +605,7 @@ needs_llmjp = pytest.mark.skipif(
 def llmjp(work):
     config = {"vocab_size": 99584, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 4}
     v = load_vocab(LLMJP_DIR, config, 99584)
-    return v, _write_gguf(work / "llmjp.gguf", v)
+    return v, tj.vocab_gguf(work / "llmjp.gguf", v)
 
 
 @needs_llmjp
@@ -683,13 +625,13 @@ def test_llmjp_real_tokenizer(llmjp, work):
     # `path` is what kiln writes (merge-gain scores); against the raw log-probs
     g_en, g_all = _parity("llm-jp-3 (tokenizer.json, llama, gain scores)", llm, ref, ENGLISH,
                           JAPANESE + MULTILINGUAL)
-    raw = _llama(_write_gguf(work / "llmjp_logprob.gguf", dataclasses.replace(v, unigram=False)))
+    raw = _llama(tj.vocab_gguf(work / "llmjp_logprob.gguf", dataclasses.replace(v, unigram=False)))
     lp_en, lp_all = _parity("llm-jp-3 (tokenizer.json, llama, log-prob)", raw, ref, ENGLISH,
                             JAPANESE + MULTILINGUAL)
     assert _roundtrip_ok(raw, JAPANESE) == []
     assert g_en == len(ENGLISH) and g_all > lp_all, (g_en, g_all, lp_en, lp_all)
     # Viterbi (UGM) over the written scores: exact for text that needs no byte fallback
-    ugm = _llama(_write_gguf(work / "llmjp_t5.gguf", dataclasses.replace(v, model="t5", pre=None)))
+    ugm = _llama(tj.vocab_gguf(work / "llmjp_t5.gguf", dataclasses.replace(v, model="t5", pre=None)))
     plain = JAPANESE + [t for t in ENGLISH if "\n" not in t]
     eq, _ = _parity("llm-jp-3 (tokenizer.json, t5/UGM)", ugm, ref, plain, JAPANESE + MULTILINGUAL)
     assert eq == len(plain)
@@ -708,7 +650,7 @@ def test_llmjp_sentencepiece_model(work):
     shutil.copy(LLMJP_DIR / "tokenizer_config.json", d / "tokenizer_config.json")
     v = load_vocab(d, {"vocab_size": 99584}, 99584)
     assert v.n_real == 99574 and v.special["bos"] == 1 and v.special["eos"] == 2
-    llm = _llama(_write_gguf(work / "llmjp_sp.gguf", v))
+    llm = _llama(tj.vocab_gguf(work / "llmjp_sp.gguf", v))
     sp = spm.SentencePieceProcessor(model_file=str(src))
     ref = lambda t: [1] + sp.encode(t)  # noqa: E731
     en_eq, all_eq = _parity("llm-jp-3 (SentencePiece .model, llama)", llm, ref, ENGLISH,

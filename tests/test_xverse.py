@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tokenizer_json as tj
 from facts import official
 from hf_models import (check_types, compare, convert_and_compare, kiln, llama_cpp_logits,
                        randomize, reference_logits, save_bin_shards)
@@ -38,7 +39,7 @@ TOL = {"f32": 1e-4, "f16": 2e-2, "bf16": 0.1, "q8_0": 0.25, "q4_0": 0.25}
 TOP1 = {"f32": 1.0, "f16": 0.9, "bf16": 0.95, "q8_0": 0.9, "q4_0": 0.9}
 
 SPECIALS = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]   # pad 1, bos 2, eos 3
-BYTES = [f"<0x{i:02X}>" for i in range(256)]
+BYTES = tj.BYTES
 
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog.",
@@ -106,30 +107,11 @@ def _held_out(n: int = 120) -> list[str]:
 def make_tokenizer(out_dir: Path, with_byte_nul: bool = True) -> int:
     """XVERSE-style tokenizer.json: Metaspace + BPE with byte fallback, specials at 0..3, the
     256 <0xXX> pieces, and a "\\x00" piece as in XVERSE's vocabulary; returns its size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    # As described for XVERSE's tokenizer.json (hac541309/multilingual_tokenizers): Metaspace
-    # with a prefix, punctuation split off and isolated, digits one by one.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first"),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True)])
-    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(
-        vocab_size=900, special_tokens=SPECIALS, show_progress=False))
-    d = json.loads(tok.to_str())
-    old = sorted(d["model"]["vocab"].items(), key=lambda kv: kv[1])
-    items = [k for k, _ in old[:4]] + (BYTES if with_byte_nul else BYTES[1:]) + ["\x00"]
-    items += [k for k, _ in old[4:] if k not in items]
-    d["model"]["vocab"] = {k: i for i, k in enumerate(items)}
-    tok = Tokenizer.from_str(json.dumps(d))
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+    tok = tj.byte_fallback_bpe(TRAIN, 900, SPECIALS, tj.xverse_pre_tokenizer(),
+                               pieces=(BYTES if with_byte_nul else BYTES[1:]) + ["\x00"])
+    tj.save(out_dir, tok, {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+        "eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>"})
     return tok.get_vocab_size()
 
 
