@@ -118,9 +118,6 @@ class Sampling:
     banned: list[int] = field(default_factory=list)
 
 
-_Sampling = Sampling  # the older private name
-
-
 # fallbacks only for a GGUF that records no sampling defaults (not made by kiln, unknown family)
 FALLBACK_SAMPLING = {"temperature": 0.8, "top_p": 1.0, "top_k": 50, "repeat_penalty": 1.0,
                      "presence_penalty": 0.0, "frequency_penalty": 0.0}

@@ -17,7 +17,6 @@ checkout). Writes bench_out/mutations.json and bench_out/mutations.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -28,7 +27,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import benchlib as bl
+
+ROOT = bl.REPO
 
 
 @dataclass
@@ -208,7 +209,7 @@ def fresh_clone(timeout: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| mutation | what | caught by (tests failing, of those run) |", "|---|---|---|"]
+    cells = []
     for r in rows:
         caught = r.get("caught_by") or []
         if caught:
@@ -217,8 +218,9 @@ def table(rows: list[dict]) -> str:
             cell = f"{len(caught)}/{r['ran']}: {shown}"
         else:
             cell = f"**{r['status']}**"
-        lines.append(f"| {r['id']} | {r['what']} | {cell} |")
-    return "\n".join(lines)
+        cells.append([r["id"], r["what"], cell])
+    return bl.table(["mutation", "what", "caught by (tests failing, of those run)"], cells,
+                    right=())
 
 
 def main() -> int:
@@ -243,8 +245,7 @@ def main() -> int:
                + (" (each skip names the real llm-jp-3 tokenizer)"
                   if fresh["all_skips_name_llmjp_tokenizer"] else " (OTHER SKIPS: see JSON)"))
     print("\n" + md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mutations.json").write_text(json.dumps(result, indent=1))
+    bl.write_json(args.out / "mutations.json", result)
     (args.out / "mutations.md").write_text(md + "\n")
     missed = [r for r in rows if r["status"] != "caught"]
     return 1 if missed or (args.fresh_clone and (result["fresh_clone"]["failed"] or not

@@ -100,3 +100,21 @@ def build_case(case: str, out_dir: Path) -> Path:
 def float_type(case: str) -> str:
     """The float GGUF that llama-quantize starts from: kiln's own, in the checkpoint's type."""
     return {"llama-tied-bf16": "bf16", "jais-mup-bf16": "bf16", "mistral-gqa-f16": "f16"}.get(case, "f32")
+
+
+def float_checkpoints(tmp_path_factory, extra=None):
+    """The getter behind the modules' checkpoint fixtures: case -> (checkpoint folder, kiln's
+    float GGUF of it[, extra(float GGUF, its folder)]), each case built once."""
+    from convert.pipeline import convert
+
+    made = {}
+
+    def get(case: str):
+        if case not in made:
+            d = tmp_path_factory.mktemp(case)
+            model = build_case(case, d / "hf")
+            flt = d / f"float-{float_type(case)}.gguf"
+            convert(model, flt, float_type(case), threads=2)
+            made[case] = (model, flt) + ((extra(flt, d),) if extra else ())
+        return made[case]
+    return get

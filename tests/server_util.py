@@ -12,10 +12,33 @@ import bigram
 from convert.cli import run_cli
 from convert.families.llama import LlamaFamily
 
-# as in test_runtime: the answer follows the prompt's last token
+# the answer follows the prompt's last token
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} | "
             "{% endfor %}assistant:")
 STOPS = ["USER:"]
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    """The tests' SentencePiece tokenizer (hf_models.make_spm_tokenizer), loaded."""
+    import sentencepiece as spm
+
+    from hf_models import make_spm_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    make_spm_tokenizer(d)
+    return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+
+
+def answer_start(sp) -> int:
+    """The id TEMPLATE's prompt ends with ("assistant:"): where a scripted answer starts."""
+    return sp.encode("x assistant:")[-1]
+
+
+def sky_gguf(d: Path, sp, **kw) -> tuple[Path, int, list[int]]:
+    """The scripted model that answers "Sky blue" to any prompt: (GGUF, start id, answer ids)."""
+    start, answer = answer_start(sp), bigram.text_chain(sp, "Sky blue")
+    return scripted_gguf(d, [[start] + answer], **kw), start, answer
 
 
 def scripted_gguf(d: Path, chains, *, cycle=None, template: str = TEMPLATE, stops=STOPS,

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from kquant_ref import CASES, build_case, differences, float_type, llama_quantize, tensors_of
+from kquant_ref import CASES, differences, float_checkpoints, llama_quantize, tensors_of
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("torch")
@@ -31,17 +31,7 @@ TYPES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """case -> (checkpoint folder, kiln's float GGUF of it); built once per module."""
-    made = {}
-
-    def get(case: str):
-        if case not in made:
-            d = tmp_path_factory.mktemp(case)
-            model = build_case(case, d / "hf")
-            flt = d / f"float-{float_type(case)}.gguf"
-            convert(model, flt, float_type(case), threads=2)
-            made[case] = (model, flt)
-        return made[case]
-    return get
+    return float_checkpoints(tmp_path_factory)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from kquant_ref import build_case, differences, float_type, llama_quantize, tensors_of
+from kquant_ref import differences, float_checkpoints, llama_quantize, tensors_of
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("torch")
@@ -44,17 +44,8 @@ PER_CASE = {
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    made = {}
-
-    def get(case: str):
-        if case not in made:
-            d = tmp_path_factory.mktemp(case)
-            model = build_case(case, d / "hf")
-            flt = d / f"float-{float_type(case)}.gguf"
-            convert(model, flt, float_type(case), threads=2)
-            made[case] = (model, flt, make_imatrix(flt, d))
-        return made[case]
-    return get
+    """case -> (checkpoint folder, kiln's float GGUF, make_imatrix of it); built once."""
+    return float_checkpoints(tmp_path_factory, extra=make_imatrix)
 
 
 def matmul_weights(flt) -> list[tuple[str, int, int]]:

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -13,50 +12,14 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("sentencepiece")
 
 import bigram  # noqa: E402
-from convert.cli import run_cli  # noqa: E402
-from convert.families.llama import LlamaFamily  # noqa: E402
-from hf_models import make_spm_tokenizer  # noqa: E402
-from runtime.cli import cli  # noqa: E402
+from server_util import STOPS, scripted_gguf, sky_gguf, sp  # noqa: E402,F401
 from runtime.engine import ChatModel  # noqa: E402
-
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} | "
-            "{% endfor %}assistant:")
-STOPS = ["USER:"]
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("tok")
-    make_spm_tokenizer(d)
-    return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
 
 
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory, sp):
     """A GGUF whose answers are scripted: after the prompt's last token it says ANSWER."""
-    start = sp.encode("x assistant:")[-1]
-    answer = bigram.text_chain(sp, "Sky blue")
-    return _convert(tmp_path_factory.mktemp("scripted"), [[start] + answer],
-                    banned=[]), start, answer
-
-
-def _convert(d: Path, chains, banned, cycle=None) -> Path:
-    bigram.build(d / "ckpt", chains, cycle=cycle)
-    out = d / "model.gguf"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(LlamaFamily, "chat_template", lambda self, vocab: TEMPLATE)
-    mp.setattr(LlamaFamily, "stop_strings", lambda self: STOPS)
-    mp.setattr(LlamaFamily, "banned_ids", lambda self: banned)
-    mp.setattr(LlamaFamily, "sampling_defaults", lambda self: {"temperature": 0.0})
-    try:
-        run_cli(cli, ["convert", str(d / "ckpt"), "-o", str(out), "--quant", "f32", "--quiet"])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    finally:
-        mp.undo()
-    return out
+    return sky_gguf(tmp_path_factory.mktemp("scripted"), sp)
 
 
 def user(text: str) -> list[dict]:
@@ -85,7 +48,7 @@ def test_metadata_drives_runtime(scripted):
 
 def test_stop_string_is_never_shown(tmp_path, sp):
     start = sp.encode("x assistant:")[-1]
-    path = _convert(tmp_path, [[start] + bigram.text_chain(sp, "ok USER:")], banned=[])
+    path = scripted_gguf(tmp_path, [[start] + bigram.text_chain(sp, "ok USER:")])
     with ChatModel(path, n_ctx=256) as model:
         pieces = list(model.chat(user("hi"), stream=True))
         assert "".join(pieces) == "ok "
@@ -97,8 +60,8 @@ def test_banned_token_is_never_sampled(tmp_path, sp):
     start = sp.encode("x assistant:")[-1]
     banned_tok = bigram.byte_id(sp, ord("Z"))
     chains = [[start, banned_tok] + bigram.text_chain(sp, "no")]
-    free = _convert(tmp_path / "free", chains, banned=[])
-    ban = _convert(tmp_path / "ban", chains, banned=[banned_tok])
+    free = scripted_gguf(tmp_path / "free", chains)
+    ban = scripted_gguf(tmp_path / "ban", chains, banned=[banned_tok])
     with ChatModel(free, n_ctx=256) as model:
         assert model.chat(user("hi")) == "Zno"  # the script says Z first
     with ChatModel(ban, n_ctx=256) as model:
@@ -108,7 +71,7 @@ def test_banned_token_is_never_sampled(tmp_path, sp):
 
 def test_multibyte_stream_has_no_replacement_chars(tmp_path, sp):
     start = sp.encode("x assistant:")[-1]
-    path = _convert(tmp_path, [[start] + bigram.text_chain(sp, "é日")], banned=[])
+    path = scripted_gguf(tmp_path, [[start] + bigram.text_chain(sp, "é日")])
     with ChatModel(path, n_ctx=256) as model:
         pieces = list(model.chat(user("hi"), stream=True))
         assert "".join(pieces) == "é日"
@@ -162,7 +125,7 @@ def test_history_trimmed_to_fit_context(scripted):
 def test_cancel_stops_generation(tmp_path, sp):
     start = sp.encode("x assistant:")[-1]
     loop = [start] + bigram.text_chain(sp, "abc")  # start -> a -> b -> c -> start -> ...
-    path = _convert(tmp_path, [], banned=[], cycle=loop)
+    path = scripted_gguf(tmp_path, [], cycle=loop)
     with ChatModel(path, n_ctx=256) as model:
         got = []
         for piece in model.chat(user("go"), stream=True, max_tokens=200):
@@ -255,7 +218,7 @@ def test_chat_repl_under_a_terminal(tmp_path, sp):
     pexpect = pytest.importorskip("pexpect")
     start = sp.encode("x assistant:")[-1]
     loop = [start] + bigram.text_chain(sp, "abc")
-    endless = _convert(tmp_path / "loop", [], banned=[], cycle=loop)
+    endless = scripted_gguf(tmp_path / "loop", [], cycle=loop)
     child = pexpect.spawn(sys.executable, ["-m", "runtime", "chat", str(endless),
                                            "--max-tokens", "1000000", "--ctx", "256"],
                           encoding="utf-8", timeout=60)

@@ -14,8 +14,7 @@ ollama = pytest.importorskip("ollama")
 pytest.importorskip("fastapi")
 
 import bigram  # noqa: E402
-from hf_models import make_spm_tokenizer  # noqa: E402
-from server_util import TEMPLATE, Server, scripted_gguf  # noqa: E402
+from server_util import TEMPLATE, Server, scripted_gguf, sky_gguf, sp  # noqa: E402,F401
 
 from runtime.server import ServerConfig  # noqa: E402
 
@@ -24,20 +23,9 @@ JSON_TEMPLATE = TEMPLATE.replace("assistant:", "answer")
 
 
 @pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("tok")
-    make_spm_tokenizer(d)
-    return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory, sp):
-    start = sp.encode("x assistant:")[-1]
     mk = tmp_path_factory.mktemp
-    sky = scripted_gguf(mk("sky"), [[start] + bigram.text_chain(sp, "Sky blue")],
-                        sampling=SKY_SAMPLING)
+    sky, start, _ = sky_gguf(mk("sky"), sp, sampling=SKY_SAMPLING)
     loop = scripted_gguf(mk("loop"), [], cycle=[start] + bigram.text_chain(sp, "abc"))
     # says `{}y"` unconstrained: a JSON grammar must end it after `}`, or give `{` the keys a
     # schema asks for (every other token is a tie, so the grammar alone writes them)

@@ -13,8 +13,7 @@ pytest.importorskip("fastapi")
 
 import bigram  # noqa: E402
 from convert.families import FAMILIES  # noqa: E402
-from hf_models import make_spm_tokenizer  # noqa: E402
-from server_util import TEMPLATE, STOPS, Server, scripted_gguf  # noqa: E402
+from server_util import STOPS, TEMPLATE, Server, scripted_gguf, sp  # noqa: E402,F401
 
 from runtime.server import ServerConfig  # noqa: E402
 
@@ -83,15 +82,6 @@ def reference_ids(sp, text: str, add_bos: bool) -> list[int]:
     if add_bos and (not ids or ids[0] != sp.bos_id()):
         ids.insert(0, sp.bos_id())
     return ids
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("tok")
-    make_spm_tokenizer(d)
-    return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 import bigram  # noqa: E402
-from hf_models import make_spm_tokenizer  # noqa: E402
-from server_util import Server, scripted_gguf, wait_for  # noqa: E402
+from server_util import Server, scripted_gguf, sp, wait_for  # noqa: E402,F401
 
 from runtime.server import ServerConfig  # noqa: E402
 
@@ -26,15 +25,6 @@ CONTENT_ONLY = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfo
 # 32 Cyrillic letters: byte-fallback tokens, each ending in its own continuation byte
 LETTERS = [chr(c) for c in range(0x430, 0x450)]
 SLOW = 0.02          # seconds per token where a test slows generation down
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("tok")
-    make_spm_tokenizer(d)
-    return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
 
 
 @pytest.fixture(scope="module")
