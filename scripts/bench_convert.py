@@ -399,11 +399,7 @@ def llama_cpp_info(path: Path) -> dict:
 
 # --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="bench_convert.py",
-        description=__doc__.split("\n\n", 1)[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bl.parser(__doc__, "bench_convert.py")
     p.add_argument("--llama-cpp", type=Path, metavar="DIR",
                    help="llama.cpp source tree (holding convert_hf_to_gguf.py and gguf-py/); "
                         "without it only kiln is measured")

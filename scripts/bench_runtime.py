@@ -705,11 +705,7 @@ def print_tables(rows, rat, second, notes, args) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from runtime.device import default_threads
 
-    p = argparse.ArgumentParser(
-        prog="bench_runtime.py",
-        description=__doc__.split("\n\n", 1)[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bl.parser(__doc__, "bench_runtime.py")
     p.add_argument("--types", default="q4_0,q8_0", metavar="LIST",
                    help="comma-separated quantizations to convert to and measure "
                         "(default: %(default)s)")

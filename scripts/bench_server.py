@@ -23,7 +23,6 @@ Model: --gguf PATH, or (default) bench_runtime's llm-jp-3-1.8b-shaped checkpoint
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -43,8 +42,7 @@ SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
 def parse_args(argv):
     from runtime.device import default_threads
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bl.parser(__doc__, "bench_server.py")
     p.add_argument("--gguf", type=Path, help="the GGUF to serve (default: the 1.8B shape)")
     p.add_argument("--quant", default="q4_0", help="type of the 1.8B-shape GGUF (default q4_0)")
     p.add_argument("--threads", type=int, default=default_threads())

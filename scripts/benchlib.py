@@ -13,6 +13,7 @@ together mean anything), and reports through these helpers:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -274,6 +275,15 @@ def write_json(path: Path, result: dict) -> Path:
 
 
 # -------------------------------------------------------------------------------- tools
+
+def parser(doc: str, prog: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: the docstring's first paragraph as the description, the
+    rest (what it measures, examples) as the epilog of --help."""
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 
 def kiln_command() -> list[str]:
     """kiln's console script next to this Python (not a pyenv shim), else `python -m runtime`."""

@@ -149,24 +149,14 @@ def spm_to_tokenizer_json(model: Path) -> dict:
                  if piece[:k] in vocab and piece[k:] in vocab]
         merges += sorted(local, key=lambda x: (vocab[x[0]], vocab[x[1]]))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    added = [{"id": i, "content": p, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True}
-             for i, (p, _, ty) in enumerate(sp.pieces) if ty in (2, 3)]
+    added = [tj.added_token(i, p) for i, (p, _, ty) in enumerate(sp.pieces) if ty in (2, 3)]
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
         "normalizer": {"type": "Sequence", "normalizers": [
             {"type": "Prepend", "prepend": SPACE},
             {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]},
         "pre_tokenizer": None,
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": "<s>", "type_id": 1}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "post_processor": tj.bos_post_processor(),
         "decoder": {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
             {"type": "ByteFallback"}, {"type": "Fuse"},
@@ -213,18 +203,8 @@ def build_llmjp_synthetic(d: Path) -> Reference:
     for entry in vocab[:len(specials)]:
         entry[1] = low
     j["model"].update(byte_fallback=True, unk_id=0)
-    j["added_tokens"] = [{"id": i, "content": s, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}
-                         for i, s in enumerate(specials)]
-    j["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                   {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                 {"Sequence": {"id": "A", "type_id": 0}},
-                 {"SpecialToken": {"id": "<s>", "type_id": 1}},
-                 {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    j["added_tokens"] = [tj.added_token(i, s) for i, s in enumerate(specials)]
+    j["post_processor"] = tj.bos_post_processor()
     j["decoder"] = {"type": "Sequence", "decoders": [
         {"type": "ByteFallback"},
         {"type": "Replace", "pattern": {"Regex": SPACE}, "content": " "},

@@ -12,7 +12,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("sentencepiece")
 
 import bigram  # noqa: E402
-from server_util import STOPS, scripted_gguf, sky_gguf, sp  # noqa: E402,F401
+from server_util import STOPS, answer_start, scripted_gguf, sky_gguf, sp  # noqa: E402,F401
 from runtime.engine import ChatModel  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def test_metadata_drives_runtime(scripted):
 
 
 def test_stop_string_is_never_shown(tmp_path, sp):
-    start = sp.encode("x assistant:")[-1]
+    start = answer_start(sp)
     path = scripted_gguf(tmp_path, [[start] + bigram.text_chain(sp, "ok USER:")])
     with ChatModel(path, n_ctx=256) as model:
         pieces = list(model.chat(user("hi"), stream=True))
@@ -57,7 +57,7 @@ def test_stop_string_is_never_shown(tmp_path, sp):
 
 
 def test_banned_token_is_never_sampled(tmp_path, sp):
-    start = sp.encode("x assistant:")[-1]
+    start = answer_start(sp)
     banned_tok = bigram.byte_id(sp, ord("Z"))
     chains = [[start, banned_tok] + bigram.text_chain(sp, "no")]
     free = scripted_gguf(tmp_path / "free", chains)
@@ -70,7 +70,7 @@ def test_banned_token_is_never_sampled(tmp_path, sp):
 
 
 def test_multibyte_stream_has_no_replacement_chars(tmp_path, sp):
-    start = sp.encode("x assistant:")[-1]
+    start = answer_start(sp)
     path = scripted_gguf(tmp_path, [[start] + bigram.text_chain(sp, "é日")])
     with ChatModel(path, n_ctx=256) as model:
         pieces = list(model.chat(user("hi"), stream=True))
@@ -123,7 +123,7 @@ def test_history_trimmed_to_fit_context(scripted):
 
 
 def test_cancel_stops_generation(tmp_path, sp):
-    start = sp.encode("x assistant:")[-1]
+    start = answer_start(sp)
     loop = [start] + bigram.text_chain(sp, "abc")  # start -> a -> b -> c -> start -> ...
     path = scripted_gguf(tmp_path, [], cycle=loop)
     with ChatModel(path, n_ctx=256) as model:
@@ -216,7 +216,7 @@ def test_doctor_reports_backend():
 def test_chat_repl_under_a_terminal(tmp_path, sp):
     """Type, read the streamed answer, /reset, Ctrl-C mid-answer keeps the session, /exit."""
     pexpect = pytest.importorskip("pexpect")
-    start = sp.encode("x assistant:")[-1]
+    start = answer_start(sp)
     loop = [start] + bigram.text_chain(sp, "abc")
     endless = scripted_gguf(tmp_path / "loop", [], cycle=loop)
     child = pexpect.spawn(sys.executable, ["-m", "runtime", "chat", str(endless),

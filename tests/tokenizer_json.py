@@ -17,6 +17,25 @@ SPACE = "\u2581"
 BYTES = [f"<0x{i:02X}>" for i in range(256)]
 
 
+def added_token(i: int, content: str) -> dict:
+    """An "added_tokens" entry of tokenizer.json for a special token."""
+    return {"id": i, "content": content, "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": False, "special": True}
+
+
+def bos_post_processor(bos: str = "<s>", bos_id: int = 1) -> dict:
+    """The "post_processor" of Llama-style tokenizer.json files: BOS before each sequence."""
+    return {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                 {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": bos, "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+
+
 def metaspace_decoder():
     """SentencePiece's decoding as tokenizer.json spells it: ▁ -> space, bytes fused, one
     leading space stripped."""
