@@ -108,7 +108,6 @@ import io
 import json
 import os
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
@@ -154,36 +153,6 @@ def llama_params(llm) -> dict:
 # --------------------------------------------------------------------------------------------
 # One measured turn
 # --------------------------------------------------------------------------------------------
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _faults() -> tuple[float, ...]:
-    """Counters for a run: major faults, involuntary context switches, CPU seconds stolen by
-    the hypervisor, and CPU seconds all processes ran (from /proc/stat's cpu line; 0 if none)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    steal = busy = 0.0
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal ...
-        busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / _HZ
-        steal = v[7] / _HZ
-    except (OSError, ValueError, IndexError):
-        pass
-    return r.ru_majflt, r.ru_nivcsw, steal, busy
-
-
-def _counters(before: tuple, cpu_s: float) -> dict:
-    d = [b - a for a, b in zip(before, _faults())]
-    return {"major_faults": int(d[0]), "involuntary_switches": int(d[1]),
-            "steal_s": round(d[2], 2), "other_cpu_s": round(max(d[3] - cpu_s, 0.0), 2)}
-
-
 def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset: bool,
              step_stamps: bool = False) -> dict:
     """One kiln turn, consumed as a client would; TTFT measured from the call of chat().
@@ -201,7 +170,7 @@ def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset:
             return _orig(tok)
         kiln._piece = stamped
     load = os.getloadavg()[0]
-    cpu0, flt0 = _cpu_s(), _faults()
+    cpu0, flt0 = bl.cpu_seconds(), bl.machine_counters()
     t0 = time.perf_counter()
     pieces = []
     try:
@@ -211,8 +180,8 @@ def run_kiln(kiln, messages: list[dict], max_tokens: int, sampling: dict, reset:
         t_end = time.perf_counter()
         if step_stamps:
             del kiln._piece
-    cpu = _cpu_s() - cpu0
-    counters = _counters(flt0, cpu)
+    cpu = bl.cpu_seconds() - cpu0
+    counters = bl.counters_since(flt0, cpu)
     s = kiln.last_stats
     n_prompt = s.prompt_tokens
     gen_ids = kiln.llm._input_ids[n_prompt:kiln.llm.n_tokens].tolist()
@@ -250,7 +219,7 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
     cached = _common_prefix(llm._input_ids[: llm.n_tokens].tolist(), ids) if llm.n_tokens else 0
     evaluated = len(ids) - min(cached, len(ids) - 1)
     load = os.getloadavg()[0]
-    cpu0, flt0 = _cpu_s(), _faults()
+    cpu0, flt0 = bl.cpu_seconds(), bl.machine_counters()
     t0 = time.perf_counter()
     t1 = None
     tokens: list[int] = []
@@ -268,8 +237,8 @@ def run_bare(llm, ids: list[int], max_tokens: int, sampling: dict, reset: bool,
             break
     it.close()
     t_end = time.perf_counter()
-    cpu = _cpu_s() - cpu0
-    counters = _counters(flt0, cpu)
+    cpu = bl.cpu_seconds() - cpu0
+    counters = bl.counters_since(flt0, cpu)
     t1 = t1 or t_end
     gen_s = t_end - t1
     return {
@@ -355,15 +324,6 @@ def second_turn_messages(kiln, turn1: list[dict], answer: str, k: int, cache: li
 # --------------------------------------------------------------------------------------------
 # Per-token overhead profile
 # --------------------------------------------------------------------------------------------
-def _per_call_us(fn, n: int, repeat: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(n)
-        best = min(best, time.perf_counter() - t0)
-    return best / n * 1e6
-
-
 def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
                      tg_step_s: float | None) -> dict:
     """kiln's own work, timed in isolation: per turn and per generated token."""
@@ -386,13 +346,13 @@ def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
     def piece_loop(n):
         for j in range(n):
             kiln._piece(real[j % len(real)])
-    prof["token_to_piece_us"] = round(_per_call_us(piece_loop, 2000), 2)
+    prof["token_to_piece_us"] = round(bl.per_call_us(piece_loop, 2000), 2)
 
     def decode_loop(n):
         dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for j in range(n):
             dec.decode(pieces_real[j % len(pieces_real)])
-    prof["utf8_decode_us"] = round(_per_call_us(decode_loop, 2000), 2)
+    prof["utf8_decode_us"] = round(bl.per_call_us(decode_loop, 2000), 2)
 
     texts = [p.decode("utf-8", "replace") for p in pieces_real]
 
@@ -402,8 +362,8 @@ def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
             for j in range(n):
                 sc.feed(texts[j % len(texts)])
         return loop
-    prof["stop_scan_model_us"] = round(_per_call_us(scan(kiln.meta.stop_strings), 2000), 2)
-    prof["stop_scan_llmjp_us"] = round(_per_call_us(scan([LLMJP_STOP]), 2000), 2)
+    prof["stop_scan_model_us"] = round(bl.per_call_us(scan(kiln.meta.stop_strings), 2000), 2)
+    prof["stop_scan_llmjp_us"] = round(bl.per_call_us(scan([LLMJP_STOP]), 2000), 2)
 
     # the logits processor: kiln adds one (its ban function) for families with banned ids;
     # llama-cpp-python runs it as a custom sampler that calls back into Python once per token.
@@ -428,8 +388,8 @@ def overhead_profile(kiln, bare, messages: list[dict], gen_ids: list[int],
         return loop
     best = {"plain": float("inf"), "proc": float("inf")}
     for _ in range(40):   # alternated, best of 40 batches of 50 calls each
-        best["plain"] = min(best["plain"], _per_call_us(sample_loop(plain), 50, repeat=1))
-        best["proc"] = min(best["proc"], _per_call_us(sample_loop(with_proc), 50, repeat=1))
+        best["plain"] = min(best["plain"], bl.per_call_us(sample_loop(plain), 50, repeat=1))
+        best["proc"] = min(best["proc"], bl.per_call_us(sample_loop(with_proc), 50, repeat=1))
     prof["greedy_sample_us"] = round(best["plain"], 2)
     prof["greedy_sample_with_processor_us"] = round(best["proc"], 2)
     prof["logits_processor_us"] = round(prof["greedy_sample_with_processor_us"]

@@ -10,6 +10,15 @@ together mean anything), and reports through these helpers:
     s = bl.stats(times["kiln"])                        # {"median", "min", "max", "runs"}
     print(bl.table(["tool", "median s"], [["kiln", bl.fmt(s["median"], ".3f")]]))
     bl.write_json(bl.BENCH_OUT / "bench_x.json", {"machine": bl.machine_info(), ...})
+
+  the machine   machine_info, cpu_model, mem_total_mib, versions, now
+  runs          timed, times, order, interleave, per_call_us; cpu_seconds, machine_counters,
+                counters_since (what other processes took during a run)
+  numbers       median, spread, stats, rnd, ratio
+  processes     measure_process (wall, CPU, peak RSS of a child), warm_cache, proc_status
+  reporting     fmt, fmt_ratio, verdict, table, write_json, parser
+  tools         kiln_command, kiln, llama_tool (llama.cpp's tools as tests/llama_tools.py
+                builds them)
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -136,6 +146,49 @@ def interleave(fns: dict[str, Callable[[], object]], repeat: int,
             seconds, got = timed(fns[name])
             out[name].append(seconds if got is None else got)
     return out
+
+
+def per_call_us(fn: Callable[[int], object], n: int, repeat: int = 5) -> float:
+    """Microseconds per call of fn(n) (which makes n calls), the best of `repeat` tries."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(n)
+        best = min(best, time.perf_counter() - t0)
+    return best / n * 1e6
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_counters() -> tuple[float, ...]:
+    """Counters to difference over a run (counters_since): major faults, involuntary context switches, CPU seconds stolen by
+    the hypervisor, and CPU seconds all processes ran (from /proc/stat's cpu line; 0 if none)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    steal = busy = 0.0
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / _HZ
+        steal = v[7] / _HZ
+    except (OSError, ValueError, IndexError):
+        pass
+    return r.ru_majflt, r.ru_nivcsw, steal, busy
+
+
+def counters_since(before: tuple, cpu_s: float) -> dict:
+    """What changed since machine_counters() gave `before`, for a run that used cpu_s of this
+    process's CPU: other processes' CPU seconds (a shared machine's noise), steal, faults."""
+    d = [b - a for a, b in zip(before, machine_counters())]
+    return {"major_faults": int(d[0]), "involuntary_switches": int(d[1]),
+            "steal_s": round(d[2], 2), "other_cpu_s": round(max(d[3] - cpu_s, 0.0), 2)}
 
 
 def median(values: Iterable) -> float | None:
