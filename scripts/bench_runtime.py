@@ -744,9 +744,7 @@ def timed_runs(q: str, kiln, bare, gguf: Path, messages: list[dict], ids: list[i
         # both tools on both Llama instances (A: built by kiln, B: built here), in an order
         # that alternates: the instance effect (~1%) cancels, and kiln@X / bare@X pairs
         # compare code paths on the very same instance
-        order = [("kiln", "A"), ("bare", "B"), ("bare", "A"), ("kiln", "B")]
-        if rep % 2:
-            order.reverse()
+        order = bl.order([("kiln", "A"), ("bare", "B"), ("bare", "A"), ("kiln", "B")], rep)
         if args.llama_bench:
             order.append(("llama-bench", ""))
         for tool, inst in order:
@@ -791,7 +789,6 @@ def timed_runs(q: str, kiln, bare, gguf: Path, messages: list[dict], ids: list[i
                     break
 
 
-
 def second_turns(q: str, kiln, bare, messages: list[dict], ids: list[int],
                  busy_min: float | None, args, sampling: dict) -> list[dict]:
     """Per K of --second-turn: TTFT of a second turn with K new tokens, warm (KV cache reused)
@@ -806,8 +803,7 @@ def second_turns(q: str, kiln, bare, messages: list[dict], ids: list[int],
             ids2 = kiln.prompt.encode(msgs2)
             per = {"kiln_warm": [], "bare_warm": [], "kiln_cold": []}
             for rep in range(args.repeat):
-                order = ["kiln", "bare"] if rep % 2 == 0 else ["bare", "kiln"]
-                for tool in order:
+                for tool in bl.order(["kiln", "bare"], rep):
                     for attempt in range(args.retries + 1):
                         if tool == "kiln":
                             first = run_kiln(kiln, messages, args.turn1_tokens, sampling,
