@@ -154,38 +154,23 @@ def evaluate(base: str | os.PathLike, others: Sequence[str | os.PathLike] = (),
         if progress:
             progress(done[0], total, name)
 
-    with _Runner(models[0].path, ctx, threads, gpu_layers) as runner:
-        plan, skipped = _plan(runner, sections, ctx, chunks, note)
-        n_chunks = sum(len(p.chunks) for p in plan)
-        total = n_chunks * len(models)
-        scratch = None
-        if len(models) > 1:
-            scratch = _scratch(n_chunks * per_chunk, runner.n_vocab, scratch_dir)
-        tallies = {p.name: _Tally() for p in plan}
-        base_top: list[np.ndarray] = []
-
-        def base_rows(name, row, logits, targets):
-            nll, top = _base_rows(logits, targets, scratch, row)
-            tallies[name].nll.append(nll)
-            base_top.append(top)
-
-        _run(runner, plan, base_rows, tick)
-    results = _scores(models[0].path, plan, tallies, with_kld=False)
-
-    top_all = np.concatenate(base_top)
-    for m in models[1:]:
-        with _Runner(m.path, ctx, threads, gpu_layers) as runner:
-            tallies = {p.name: _Tally() for p in plan}
-
-            def other_rows(name, row, logits, targets):
-                rows = slice(row, row + len(logits))
-                nll, kld, top = _other_rows(logits, targets, scratch[rows])
-                tallies[name].nll.append(nll)
-                tallies[name].kld.append(kld)
-                tallies[name].same.append(top == top_all[rows])
-
-            _run(runner, plan, other_rows, tick)
-        results += _scores(m.path, plan, tallies, with_kld=True)
+    scratch = None
+    try:
+        with _Runner(models[0].path, ctx, threads, gpu_layers) as runner:
+            plan, skipped = _plan(runner, sections, ctx, chunks, note)
+            n_chunks = sum(len(p.chunks) for p in plan)
+            total = n_chunks * len(models)
+            if len(models) > 1:
+                scratch = _Scratch(n_chunks * per_chunk, runner.n_vocab, scratch_dir)
+            tallies, top_all = _base_pass(runner, plan, scratch, tick)
+        results = _scores(models[0].path, plan, tallies, with_kld=False)
+        for m in models[1:]:
+            with _Runner(m.path, ctx, threads, gpu_layers) as runner:
+                tallies = _other_pass(runner, plan, scratch, top_all, tick)
+            results += _scores(m.path, plan, tallies, with_kld=True)
+    finally:
+        if scratch is not None:
+            scratch.close()
 
     seconds = time.perf_counter() - t0
     evaluated = n_chunks * (ctx - 1) * len(models)
@@ -311,6 +296,34 @@ class _Runner:
                 yield max(start, first) - first, logits
 
 
+def _base_pass(runner: _Runner, plan: list[_Part], scratch, tick):
+    """The base: nll per position and section, its argmax per row, log-probs into scratch."""
+    tallies = {p.name: _Tally() for p in plan}
+    tops: list[np.ndarray] = []
+
+    def visit(name, row, logits, targets):
+        nll, top = _base_rows(logits, targets, scratch, row)
+        tallies[name].nll.append(nll)
+        tops.append(top)
+
+    _run(runner, plan, visit, tick)
+    return tallies, np.concatenate(tops)
+
+
+def _other_pass(runner: _Runner, plan: list[_Part], scratch: _Scratch, top_all, tick):
+    """Another model against the base's log-probs: nll, KLD, top-1 agreement per position."""
+    tallies = {p.name: _Tally() for p in plan}
+
+    def visit(name, row, logits, targets):
+        nll, kld, top = _other_rows(logits, targets, scratch.read(row, row + len(logits)))
+        tallies[name].nll.append(nll)
+        tallies[name].kld.append(kld)
+        tallies[name].same.append(top == top_all[row:row + len(logits)])
+
+    _run(runner, plan, visit, tick)
+    return tallies
+
+
 def _run(runner: _Runner, plan: list[_Part], visit, tick) -> None:
     """Every chunk of `plan` through `runner`: visit(section, row, logits, targets) per decode
     batch, rows counting scored positions from the first chunk of the first section."""
@@ -354,19 +367,34 @@ def _plan(runner: _Runner, sections, ctx: int, chunks: int | None, note):
     return plan, skipped
 
 
-def _scratch(rows: int, n_vocab: int, where) -> np.memmap:
-    """A [rows, n_vocab] float32 array in an unnamed temporary file, after a free-space check."""
-    where = Path(where or tempfile.gettempdir())
-    need = rows * n_vocab * 4
-    free = shutil.disk_usage(where).free
-    if need + (256 << 20) > free:
-        raise KilnError(where, f"needs {need / 2**30:.1f} GiB of scratch space for the base's "
-                               f"log-probabilities, {free / 2**30:.1f} GiB free (fewer --chunks, "
-                               "or TMPDIR elsewhere)")
-    f = tempfile.TemporaryFile(dir=where)
-    arr = np.memmap(f, dtype=np.float32, mode="w+", shape=(rows, n_vocab))
-    f.close()                                       # the mapping keeps the file alive
-    return arr
+class _Scratch:
+    """[rows, n_vocab] float32 rows in an unnamed temporary file, written and read with plain
+    file I/O (not a memory map: the pages stay the kernel's cache, not this process's memory)."""
+
+    def __init__(self, rows: int, n_vocab: int, where):
+        where = Path(where or tempfile.gettempdir())
+        self.n_vocab = n_vocab
+        self.nbytes = rows * n_vocab * 4
+        free = shutil.disk_usage(where).free
+        if self.nbytes + (256 << 20) > free:
+            raise KilnError(where, f"needs {self.nbytes / 2**30:.1f} GiB of scratch space for "
+                                   f"the base's log-probabilities, {free / 2**30:.1f} GiB free "
+                                   "(fewer --chunks, or TMPDIR elsewhere)")
+        self.file = tempfile.TemporaryFile(dir=where)   # unlinked already: nothing to clean up
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        self.file.seek(row * self.n_vocab * 4)
+        self.file.write(np.ascontiguousarray(values, dtype=np.float32).data)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        out = np.empty((hi - lo, self.n_vocab), dtype=np.float32)
+        self.file.seek(lo * self.n_vocab * 4)
+        if self.file.readinto(out.data) != out.nbytes:
+            raise KilnError(None, "the temporary file of log-probabilities came back short")
+        return out
+
+    def close(self) -> None:
+        self.file.close()
 
 
 # -- the numbers -----------------------------------------------------------------------------
@@ -390,7 +418,7 @@ def _base_rows(logits, targets, scratch, row):
         lp = _log_softmax(logits[s])
         nll[s] = -lp[np.arange(len(lp)), targets[s]]
         if scratch is not None:
-            scratch[row + s.start:row + s.stop] = lp
+            scratch.write(row + s.start, lp)
     return nll, logits.argmax(axis=1)
 
 
