@@ -112,13 +112,10 @@ QUANTS: dict[str, Quant] = {n.lower(): Quant(n, int(f), d, b) for n, f, d, b in 
 QUANT_NAMES = QUANTS                             # lower-case names, for help texts
 ALIASES = {"q4_k": "q4_k_m", "q5_k": "q5_k_m", "q3_k": "q3_k_m"}   # as llama-quantize has them
 
+# The types numpy's converters below write too, and the file type a file of only that type has.
 FILE_TYPES: dict[GGMLQuantizationType, int] = {
-    QT.F32: int(FT.ALL_F32),
-    QT.F16: int(FT.MOSTLY_F16),
-    QT.BF16: int(FT.MOSTLY_BF16),
-    QT.Q8_0: int(FT.MOSTLY_Q8_0),
-    QT.Q4_0: int(FT.MOSTLY_Q4_0),
-}
+    q.default: q.ftype for q in QUANTS.values()
+    if q.name in ("F32", "F16", "BF16", "Q8_0", "Q4_0")}
 
 # Blocks per slice: 4096 blocks = 128 Ki floats = 512 KiB per float32 buffer, so the few
 # buffers in use at once stay in a core's L2 cache.
@@ -127,7 +124,7 @@ _SLICE_BLOCKS = 4096
 _F32 = np.float32
 _HALF_BELOW = np.nextafter(_F32(0.5), _F32(0))  # 0.49999997f
 _EIGHT_HALF = _F32(8.5)
-_NUMPY_TYPES = (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0)
+_NUMPY_TYPES = tuple(FILE_TYPES)
 _GGML_MIN = 4096   # below this many values numpy's converters are as fast as a ctypes call
 
 
