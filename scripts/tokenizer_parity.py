@@ -382,7 +382,7 @@ def build_alaya_bpe(d: Path) -> Reference:
 def build_alaya_spm_nfkc(d: Path) -> Reference:
     """Alaya's tokenizer.model trained with SentencePiece's defaults (nmt_nfkc charsmap,
     remove_extra_whitespaces): a normalizer llama.cpp's SPM tokenizer does not apply, so kiln
-    embeds an equivalent tokenizer.json built from the .model (convert/vocab.py)."""
+    embeds an equivalent tokenizer.json built from the .model (convert/vocab/sp_tokenizer_json.py)."""
     return build_alaya_spm(d, normalization="nmt_nfkc", remove_extra_whitespaces=True)
 
 

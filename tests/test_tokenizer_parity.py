@@ -172,12 +172,12 @@ def test_native_parity(fam):
         assert all(s == n for c, (s, n) in by_cat.items() if c != "whitespace"), r.first_native
     if fam.name == "llm-jp-real":
         assert by_cat["empty"] == [1, 1]
-        assert pct >= 75.0       # gain scores (convert/vocab.py); raw log-probs measure 72.6%
+        assert pct >= 75.0       # gain scores (convert/vocab/unigram.py); raw log-probs measure 72.6%
 
 
 @pytest.mark.skipif(not HAVE_LLMJP, reason=LLMJP_SKIP)
 def test_llmjp_gain_scores_beat_logprobs(work):
-    """convert/vocab.py writes Unigram vocabs with merge-gain scores: on the real llm-jp-3
+    """convert/vocab/write.py writes Unigram vocabs with merge-gain scores: on the real llm-jp-3
     tokenizer they match Hugging Face more often than the raw log-probs."""
     from convert.vocab import load_vocab
 
@@ -218,7 +218,7 @@ def test_llmjp_sentencepiece_agrees(work):
 @pytest.mark.skipif(not HAVE_LLMJP, reason=LLMJP_SKIP)
 def test_llmjp_checkpoint_with_only_the_sentencepiece_model(work):
     """Without tokenizer.json the converter builds an equivalent one from tokenizer.model
-    (convert/vocab.py: sentencepiece_tokenizer_json), so kiln is exact with it too."""
+    (convert/vocab/sp_tokenizer_json.py), so kiln is exact with it too."""
     import shutil
 
     model = tp.LLMJP_FIXTURE / "llm-jp-tokenizer-100k.ver3.0b1.model"
