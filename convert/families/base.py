@@ -127,8 +127,10 @@ class Family:
         return data if isinstance(data, dict) else {}
 
     def exact_tokenizer(self) -> str | None:
-        """'huggingface' when llama.cpp's native tokenizer is known to differ from the model's:
-        the runtime then tokenizes with the embedded tokenizer.json."""
+        """'huggingface' when llama.cpp's native tokenizer is known to differ from the model's,
+        written as `kiln.tokenizer`: a note for llama-server / other tools that the embedded
+        tokenizer.json is the exact one. kiln's runtime no longer reads it (it uses the embedded
+        tokenizer.json whenever a file has one); kept because it is part of the file format."""
         return None
 
     def kiln_metadata(self, vocab: Vocab) -> dict[str, Any]:

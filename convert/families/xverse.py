@@ -10,12 +10,12 @@ What differs from plain Llama:
   and no expert tensors: a tied checkpoint gets an explicit copy of the embeddings as output;
   biases, llama3-style RoPE scaling and MoE are refused.
 * Tokenizer: only `tokenizer.json`, SentencePiece-style BPE with byte fallback, written as
-  "llama" with merge-rank scores (vocab.py). llama.cpp's own converter writes no scores at all, so
+  "llama" with merge-rank scores (convert/vocab/tokenizer_json.py). llama.cpp's own converter writes no scores at all, so
   its segmentation does not follow the merges. A token whose text is "\\x00" cannot live in a GGUF
   string list as llama.cpp reads it (C strings), so it becomes a BYTE token (see `_fix_nul`).
   XVERSE's tokenizer.json is described as also splitting off punctuation and single digits before
-  BPE, which llama.cpp's SPM tokenizer cannot do: then `kiln.tokenizer` = "huggingface" tells the
-  runtime to tokenize with the embedded tokenizer.json (see `exact_tokenizer`).
+  BPE, which llama.cpp's SPM tokenizer cannot do: then `kiln.tokenizer` = "huggingface" records
+  that the embedded tokenizer.json is the exact one (see `exact_tokenizer`; kiln's runtime uses it).
 * Chat: `modeling_xverse.py::_build_chat_input`: 'Human: {user}\\n\\n' per user turn, earlier
   answers 'Assistant: {answer}' + eos (id 3), 'Assistant: ' to generate. No BOS. Each turn is
   encoded on its own (so each starts with Metaspace's "▁"), the last user turn together with
