@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import KilnError
 from .side_files import token_content
 
+
 def gpt2_tokenizer_json(model_dir: Path, tok_cfg: dict, stm: dict) -> dict | None:
     """A tokenizer.json equivalent to a GPT-2 slow tokenizer's vocab.json + merges.txt (None
     without them), with the special tokens (the `*_token` strings of tokenizer_config.json and

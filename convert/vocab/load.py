@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import KilnError
 from .gpt2_files import gpt2_tokenizer_json
 from .pre import pre_with_clean_up
-from .side_files import apply_added_tokens, first_int, read_chat_template, read_configs, token_content
+from .side_files import (apply_added_tokens, first_int, read_chat_template, read_configs,
+                         token_content)
 from .sp_model import from_sentencepiece, parse_sentencepiece_model
 from .sp_tokenizer_json import sentencepiece_tokenizer_json
 from .tokenizer_json import from_tokenizer_json, read_tokenizer_json, template_flags

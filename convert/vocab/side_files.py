@@ -14,6 +14,7 @@ from .tokens import (ADDED_TOKEN_SCORE, SPACE_MARK, T_BYTE, T_CONTROL, T_UNKNOWN
 
 log = logging.getLogger(__name__)
 
+
 def read_json(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")

@@ -10,6 +10,7 @@ import base64
 from .sp_model import SentencePieceModel
 from .tokens import SPACE_MARK, T_CONTROL, T_UNKNOWN, T_USER_DEFINED
 
+
 def sentencepiece_tokenizer_json(sp: SentencePieceModel,
                                  added: list[tuple[int, str, bool]] = ()) -> dict:
     """A tokenizer.json that tokenizes as SentencePiece does with this model (what transformers'

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .tokens import T_NORMAL, Vocab
 
+
 def unigram_gain_scores(vocab: Vocab) -> list[float]:
     """Alternative scores for a Unigram vocab written as "llama": score(p) = logp(p) minus the best
     logp(a) + logp(b) over splits p = a + b into NORMAL pieces, i.e. the log-likelihood gain of
