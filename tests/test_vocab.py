@@ -298,6 +298,28 @@ def test_protobuf_reader_matches_sentencepiece(sp_bpe):
         assert ptype == want, (i, piece)
 
 
+def test_sentencepiece_nfkc_with_added_tokens_keeps_special_ids(work):
+    """A tokenizer.model llama.cpp cannot follow (nmt_nfkc, Unigram) with added tokens in
+    tokenizer_config: the tokenizer.json is built and the special ids stay sentencepiece's
+    (a loop variable once replaced the special-id dict with a bool here)."""
+    spm = pytest.importorskip("sentencepiece")
+    d = work / "sp_nfkc_added"
+    d.mkdir()
+    corpus = work / "corpus_nfkc.txt"
+    corpus.write_text("\n".join(CORPUS), "utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(d / "tokenizer"), model_type="unigram",
+        vocab_size=800, byte_fallback=True, num_threads=1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    n = sp.get_piece_size()
+    (d / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {
+        str(n): {"content": "<|im_end|>", "special": True}}}), "utf-8")
+    vocab = load_vocab(d, {}, n + 1)
+    assert vocab.hf_json is not None and vocab.precompiled_charsmap
+    assert vocab.special == {"unk": sp.unk_id(), "bos": sp.bos_id(), "eos": sp.eos_id()}
+    assert vocab.tokens[n] == "<|im_end|>" and vocab.types[n] == TCONTROL
+
+
 def test_sentencepiece_vocab_layout(sp_bpe):
     _, sp, v, path, n = sp_bpe
     assert v.model == "llama" and v.merges is None
