@@ -57,9 +57,11 @@ def _fetch_from_hub(spec: str, quiet: bool) -> tuple[Path, str]:
 @click.option("-q", "--quant", default="f16", show_default=True, metavar="TYPE",
               help="Output type, as llama.cpp spells it, any case, with its bits per weight "
                    f"(K-quant mixtures: as measured on Llama-3-8B): {quant_help()}.")
-@click.option("--imatrix", "imatrix", type=click.Path(path_type=Path), default=None,
-              help="Importance matrix from llama-imatrix (GGUF or legacy .dat): weights the "
-                   "quantization as llama-quantize --imatrix does.")
+@click.option("--imatrix", "imatrix", metavar="FILE|auto", default=None,
+              help="Importance matrix (kiln imatrix's or llama-imatrix's, GGUF or legacy .dat): "
+                   "weights the quantization as llama-quantize --imatrix does. 'auto': make a "
+                   "temporary Q8_0, calibrate it on kiln's bundled text in the family's "
+                   "languages, quantize with that and keep it as OUT's name + .imatrix.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="Quantization threads (default: all cores).")
 @click.option("--family", "family", type=click.Choice(FAMILY_NAMES, case_sensitive=False),
@@ -67,7 +69,7 @@ def _fetch_from_hub(spec: str, quiet: bool) -> tuple[Path, str]:
               "it is printed: hub repo id, _name_or_path, folder name, tokenizer files, "
               "vocab size).")
 @click.option("--quiet", is_flag=True, help="No progress bar, only the final line.")
-def convert_cmd(src: Path, out: Path | None, quant: str, imatrix: Path | None,
+def convert_cmd(src: Path, out: Path | None, quant: str, imatrix: str | None,
                 threads: int | None, family: str | None, quiet: bool) -> None:
     """Convert the Hugging Face checkpoint SRC (a folder or a hub repo id) into one GGUF file.
 
@@ -89,11 +91,19 @@ def convert_cmd(src: Path, out: Path | None, quant: str, imatrix: Path | None,
 
     qtype = parse_quant(quant)
     repo_id = None
-    matrix = _load_imatrix(imatrix)
+    auto = imatrix is not None and imatrix.lower() == "auto"
+    if auto:
+        _imatrix_auto_hook().check_quant(qtype)
+    matrix = None if auto else _load_imatrix(Path(imatrix) if imatrix else None)
     if not src.exists():
         src, repo_id = _fetch_from_hub(str(src), quiet)
         out = out or Path(f"{repo_id.split('/')[-1]}-{qtype.name.lower()}.gguf")
     out = out or default_output(src, qtype.name)
+    cost = None
+    if auto:
+        matrix, cost = _imatrix_auto_hook().for_convert_cli(src, out, threads=threads,
+                                                            repo_id=repo_id, family=family,
+                                                            quiet=quiet)
     bar_state, progress, on_plan = _progress(src.name, out, qtype.name, quiet)
     try:
         summary = convert(src, out, qtype, threads=threads, progress=progress, on_plan=on_plan,
@@ -103,6 +113,20 @@ def convert_cmd(src: Path, out: Path | None, quant: str, imatrix: Path | None,
         if "bar" in bar_state:
             bar_state["bar"].__exit__(None, None, None)
     _report(summary, qtype.name)
+    if cost is not None:
+        click.echo(cost.describe())
+
+
+# `--imatrix auto` runs the model (llama-cpp-python), which is the runtime's job: kiln's full
+# command (runtime/cli.py) puts the runtime's module here (check_quant, for_convert_cli);
+# convert never imports it.
+IMATRIX_AUTO = None
+
+
+def _imatrix_auto_hook():
+    if IMATRIX_AUTO is None:
+        raise KilnError("--imatrix", "'auto' needs kiln's runtime (run it as the kiln command)")
+    return IMATRIX_AUTO
 
 
 def _load_imatrix(path: Path | None):

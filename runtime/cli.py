@@ -7,9 +7,10 @@ import os
 import click
 
 from convert import __version__
+import convert.cli as convert_cli
 from convert.cli import convert_cmd, inspect_cmd, quantize_cmd, run_cli
 
-from . import chat_cli, store_cli
+from . import auto_imatrix, chat_cli, store_cli
 from .eval_cli import eval_cmd
 from .imatrix_cli import imatrix_cmd
 from .server.cli import serve_cmd
@@ -24,6 +25,7 @@ def cli(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+convert_cli.IMATRIX_AUTO = auto_imatrix     # `kiln convert --imatrix auto` runs the model
 cli.add_command(convert_cmd)
 cli.add_command(inspect_cmd)
 cli.add_command(quantize_cmd)

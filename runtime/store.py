@@ -296,14 +296,16 @@ class Store:
     # -- adding ----------------------------------------------------------------------------------
     def add_converted(self, src: str | os.PathLike, name: str, quant: str = DEFAULT_QUANT, *,
                       source: dict | None = None, threads: int | None = None,
-                      progress: Progress | None = None) -> Entry:
-        """Convert checkpoint folder `src` into entry name:quant (replacing one that exists)."""
+                      progress: Progress | None = None, imatrix: str | None = None) -> Entry:
+        """Convert checkpoint folder `src` into entry name:quant (replacing one that exists).
+        `imatrix="auto"`: calibrate on the bundled text first (runtime/auto_imatrix.py)."""
         with self.lock(name, quant):
             return self._add_converted(Path(src), check_name(name), quant.lower(), source,
-                                       threads, progress or NullProgress())
+                                       threads, progress or NullProgress(), imatrix)
 
     def _add_converted(self, src: Path, name: str, quant: str, source: dict | None,
-                       threads: int | None, progress: Progress) -> Entry:
+                       threads: int | None, progress: Progress,
+                       imatrix: str | None = None) -> Entry:
         from convert.families import family_for
         from convert.pipeline import convert, load_config
         from convert.quants import parse_quant
@@ -320,10 +322,14 @@ class Store:
         def on_bytes(n: int, tensor: str) -> None:
             progress.advance(n, tensor)
 
+        matrix, cost = None, None
         try:
+            if imatrix == "auto":
+                matrix, cost = self._auto_imatrix(src, staging.parent, name, quant, repo_id,
+                                                  threads, progress)
             try:
                 summary = convert(src, staging, quant, threads=threads, progress=on_bytes,
-                                  on_plan=on_plan, repo_id=repo_id)
+                                  on_plan=on_plan, repo_id=repo_id, imatrix=matrix)
             except KilnError as exc:
                 if exc.path == str(staging):              # name the entry, not the temp file
                     raise KilnError(self.gguf_path(name, quant), exc.problem) from None
@@ -338,9 +344,37 @@ class Store:
                 "n_tensors": summary.n_tensors, "created": _now(),
                 "kiln_version": _kiln_version(), "source": source,
             }
+            if cost is not None:
+                manifest["imatrix"] = {"auto": True, "chunks": cost.chunks,
+                                       "tokens": cost.tokens, "ctx": cost.ctx,
+                                       "seconds": round(cost.q8_seconds + cost.imatrix_seconds, 1)}
             return self._commit(name, quant, staging, manifest)
         finally:
             staging.unlink(missing_ok=True)
+
+    @staticmethod
+    def _auto_imatrix(src: Path, folder: Path, name: str, quant: str, repo_id: str | None,
+                      threads: int | None, progress: Progress):
+        from .auto_imatrix import auto_imatrix, check_quant
+
+        check_quant(quant)
+
+        def on_convert():
+            def on_plan(n_tensors: int, total: int) -> None:
+                progress.start("convert", total, f"{name}: Q8_0 for calibration")
+            return (lambda n, tensor: progress.advance(n, tensor)), on_plan, progress.finish
+
+        seen = [0]
+
+        def on_chunks(done: int, total: int) -> None:
+            if done == 0:
+                progress.start("calibrate", total, f"{name}: imatrix chunks")
+            progress.advance(done - seen[0])
+            seen[0] = done
+            if done == total:
+                progress.finish()
+        return auto_imatrix(src, folder, None, threads=threads, repo_id=repo_id,
+                            on_convert=on_convert, on_chunks=on_chunks)
 
     def import_gguf(self, path: str | os.PathLike, name: str | None = None, *,
                     quant: str | None = None, force: bool = False,
@@ -414,14 +448,19 @@ class Store:
     def pull(self, repo: str, revision: str | None = None, quant: str = DEFAULT_QUANT, *,
              name: str | None = None, confirm: Callable[[str], bool] | None = None,
              progress: Progress | None = None, threads: int | None = None,
-             on_status: Callable[[str], None] | None = None, update: bool = True) -> Entry:
+             on_status: Callable[[str], None] | None = None, update: bool = True,
+             imatrix: str | None = None) -> Entry:
         """Download `repo` (only what conversion needs) into the HF cache and convert it into
-        the store. An entry already made from the same commit is returned as it is."""
+        the store. An entry already made from the same commit is returned as it is (unless
+        `imatrix="auto"` is asked for and it was made without one)."""
         from convert.quants import parse_quant
 
         from convert import hub
 
         quant = parse_quant(quant).name.lower()
+        if imatrix == "auto":
+            from .auto_imatrix import check_quant
+            check_quant(quant)                        # refused before any download
         progress = progress or NullProgress()
         say = on_status or (lambda msg: log.info("%s", msg))
         hub.check_repo_id(repo)
@@ -437,7 +476,9 @@ class Store:
                     owner = existing.repo or "an imported model"
                     raise KilnError(repo, f"store name '{name}' is taken by {owner}; choose "
                                           "another with --name")
-                if existing.source.get("commit") == plan.commit or not update:
+                same = (existing.source.get("commit") == plan.commit
+                        and (imatrix is None or existing.manifest.get("imatrix")))
+                if same or not update:
                     say(f"{existing.ref} is up to date ({repo}@{plan.commit[:7]})")
                     return _usable(existing)
             est = estimate_gguf_bytes(plan.weight_bytes, plan.source_bits, quant)
@@ -455,7 +496,8 @@ class Store:
             source = {"repo": repo, "revision": plan.revision, "commit": plan.commit,
                       "endpoint": plan.endpoint, "format": plan.fmt,
                       "files": [f.name for f in plan.files]}
-            return self._add_converted(plan.snapshot, name, quant, source, threads, progress)
+            return self._add_converted(plan.snapshot, name, quant, source, threads, progress,
+                                       imatrix)
 
 
 class _EntryLock:

@@ -19,7 +19,7 @@ from .store import Store, fmt_size
 PULL_QUANT = "q4_k_m"   # what `kiln pull` stores unless told otherwise (Ollama's default)
 
 _STAGES = {"download": "downloading", "convert": "converting", "verify": "checksumming",
-           "copy": "copying"}
+           "copy": "copying", "calibrate": "calibrating"}
 
 
 class ClickProgress:
@@ -76,8 +76,12 @@ def _created(e) -> str:
 @click.option("--name", default=None, help="Store name (default: the repo's name).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="Conversion threads (default: all cores).")
+@click.option("--imatrix", type=click.Choice(["auto"], case_sensitive=False), default=None,
+              help="'auto': calibrate an importance matrix on kiln's bundled text in the "
+                   "family's languages (through a temporary Q8_0) and quantize with it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def pull_cmd(repo_id: str, quant: str, name: str | None, threads: int | None, quiet: bool) -> None:
+def pull_cmd(repo_id: str, quant: str, name: str | None, threads: int | None,
+             imatrix: str | None, quiet: bool) -> None:
     """Download a Hugging Face model and convert it into the local store.
 
     Only what conversion needs is fetched (config, tokenizer files, weights: safetensors in
@@ -91,6 +95,7 @@ def pull_cmd(repo_id: str, quant: str, name: str | None, threads: int | None, qu
       kiln pull llm-jp/llm-jp-3.1-1.8b-instruct4
       kiln pull core42/jais-30b-chat-v1 --quant q4_0
       kiln pull owner/model@v1.0 --name model-v1
+      kiln pull rakuten/RakutenAI-7B-instruct --quant q3_k_m --imatrix auto
     """
     from convert import hub
 
@@ -99,11 +104,15 @@ def pull_cmd(repo_id: str, quant: str, name: str | None, threads: int | None, qu
     progress = ClickProgress(quiet)
     try:
         entry = store.pull(repo, revision, quant, name=name, threads=threads, progress=progress,
-                           on_status=_status)
+                           on_status=_status, imatrix=imatrix and imatrix.lower())
     finally:
         progress.finish()
     click.echo(f"{entry.ref}: {fmt_size(entry.size)}, {entry.manifest.get('family')}, "
                f"from {_source(entry)} -> {entry.path}")
+    im = entry.manifest.get("imatrix")
+    if im:
+        click.echo(f"imatrix auto: {im['chunks']} chunks x {im['ctx']} tokens of the bundled "
+                   f"text, {im['seconds']} s (temporary Q8_0 and calibration)")
 
 
 @click.command("list")
