@@ -2,7 +2,7 @@
 matrix computed on it from the bundled calibration text, the real conversion with it.
 
 The references are llama.cpp's own tools: the output equals `llama-quantize --imatrix` applied
-to an F16 of the same checkpoint with the importance matrix auto kept, and that matrix equals
+to an F32 GGUF of the same checkpoint with the importance matrix auto kept, and that matrix equals
 what `llama-imatrix` computes on a Q8_0 of the checkpoint from the same text.
 """
 from __future__ import annotations
@@ -56,14 +56,14 @@ def test_convert_imatrix_auto_equals_llama_tools(ckpt, tmp_path):
     res = kiln("convert", ckpt, "-o", out, "--quant", "q4_k_m", "--imatrix", "auto", "--quiet")
     kept = out.parent / "tiny-q4_k_m.imatrix"
     # the output, the kept matrix, nothing else (the temporary Q8_0 is gone)
-    assert sorted(p.name for p in out.parent.iterdir()) == [kept.name, out.name]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([kept.name, out.name])
     assert "imatrix auto: temporary Q8_0" in res.stdout and "chunks" in res.stdout
 
-    # 1. the output is llama-quantize --imatrix of an F16 of the checkpoint with that matrix
-    f16, ref = tmp_path / "f16.gguf", tmp_path / "ref.gguf"
-    kiln("convert", ckpt, "-o", f16, "--quant", "f16", "--quiet")
+    # 1. the output is llama-quantize --imatrix of an F32 GGUF of the checkpoint with that matrix
+    f32, ref = tmp_path / "f32.gguf", tmp_path / "ref.gguf"
+    kiln("convert", ckpt, "-o", f32, "--quant", "f32", "--quiet")   # the checkpoint is F32
     quantize = llama_tools.tool("llama-quantize")
-    subprocess.run([quantize, "--imatrix", kept, f16, ref, "Q4_K_M"], check=True,
+    subprocess.run([quantize, "--imatrix", kept, f32, ref, "Q4_K_M"], check=True,
                    capture_output=True)
     got, want = tensors(out), tensors(ref)
     assert got.keys() == want.keys()
@@ -111,3 +111,55 @@ def test_convert_alone_says_auto_needs_the_runtime(ckpt, tmp_path, monkeypatch):
                                                        "--quant", "q4_k_m", "--imatrix", "auto"])
     assert res.exit_code != 0 and "needs kiln's runtime" in str(res.exception)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pull_imatrix_auto(ckpt, tmp_path, monkeypatch, capsys):
+    """`kiln pull --imatrix auto` through the real huggingface-hub client against a loopback
+    Hub imitation: the entry is quantized with an importance matrix and its manifest says so;
+    a second pull without --imatrix keeps it, one asking for it when it lacks one re-makes it."""
+    import huggingface_hub.constants as hfc
+    from huggingface_hub.utils import _detect_agent
+
+    from convert.cli import run_cli
+    from hub_imitation import HubImitation, files_from_dir
+    from runtime.store import Store
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "kiln"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+
+    def kiln_in(*args) -> int:
+        try:
+            run_cli(cli, [str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    with HubImitation() as hub:
+        hub.add_repo("acme/tiny", files_from_dir(ckpt))
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert kiln_in("pull", "acme/tiny", "--quant", "q4_k_m", "--quiet") == 0
+        plain = Store().get("tiny", "q4_k_m")
+        assert "imatrix" not in plain.manifest
+        plain_bytes = plain.path.read_bytes()
+        assert kiln_in("pull", "acme/tiny", "--quant", "q4_k_m", "--imatrix", "auto",
+                       "--quiet") == 0
+        out = capsys.readouterr().out
+        assert "imatrix auto:" in out
+        entry = Store().get("tiny", "q4_k_m")
+        assert entry.manifest["imatrix"]["auto"] is True and entry.manifest["imatrix"]["chunks"] > 0
+        assert entry.path.read_bytes() != plain_bytes
+        meta = gguf.GGUFReader(entry.path).fields
+        assert "quantize.imatrix.entries_count" in meta
+        # nothing left behind in the store folder but the entry and its manifest
+        leftovers = [p.name for p in entry.path.parent.iterdir()
+                     if p.name.startswith(".kiln-imatrix") or "tmp" in p.name]
+        assert leftovers == []
+        # refused before any download: a type that ignores an importance matrix
+        assert kiln_in("pull", "acme/tiny", "--quant", "q8_0", "--imatrix", "auto") == 1
+        assert "Q8_0 does not use an importance matrix" in capsys.readouterr().err
