@@ -1,4 +1,4 @@
-"""`kiln eval BASE.gguf OTHER.gguf...`: perplexity, KL divergence and top-1 agreement per language."""
+"""`kiln eval BASE.gguf OTHER.gguf...`: perplexity, KL divergence, top-1 agreement per language."""
 from __future__ import annotations
 
 import json
@@ -28,7 +28,8 @@ from .evaluate import ALL, Evaluation, evaluate
               help="CPU threads. Default: physical cores minus one.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
               show_default=True, help="Where llama.cpp runs the models.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the results as JSON instead of a table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(base: Path, others: tuple[Path, ...], texts: tuple[Path, ...], ctx: int,
              chunks: int | None, threads: int | None, device: str, as_json: bool,
@@ -102,12 +103,12 @@ def _read_text(path: Path) -> tuple[str, str]:
 
 
 def _default_sections() -> list[tuple[str, str]]:
-    try:
-        from .corpus import heldout_sections
-    except ImportError:
-        raise KilnError(None, "this kiln has no bundled held-out text yet; give --text FILE") \
-            from None
-    return list(heldout_sections())
+    from .corpus import heldout_sections
+
+    sections = heldout_sections()
+    if not sections:
+        raise KilnError(None, "this kiln ships no held-out text; give --text FILE")
+    return sections
 
 
 class _Bar:
