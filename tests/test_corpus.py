@@ -366,13 +366,25 @@ def test_chat_part_is_rendered_with_the_file_template(converted, family, markers
     langs = {"llm-jp": ("ja", "en"), "jais": ("ar", "en"), "chatml": ("en",)}[family]
     kept: dict[str, int] = {}
     total: dict[str, int] = {}
+    preambles: dict[str, list[bool]] = {}    # a long preamble -> whole (True) or cut, in order
     for msgs in _conversations():
         lang = _language(msgs)
         total[lang] = total.get(lang, 0) + 1
         ref = _reference_render(path, msgs)
         assert ref and not ref.startswith(("<s>", "<|endoftext|>"))
+        at = ref.find(msgs[0]["content"])
         if ref in text:
             kept[lang] = kept.get(lang, 0) + 1
+            if at >= 300:
+                preambles.setdefault(ref[:at], []).append(True)
+        elif at >= 300 and ref[at - 200:] in text:  # kept, its long preamble cut to 200 chars
+            kept[lang] = kept.get(lang, 0) + 1
+            preambles.setdefault(ref[:at], []).append(False)
+    for whole in preambles.values():   # a repeated preamble whole in the first two only
+        assert whole == [True] * min(2, len(whole)) + [False] * (len(whole) - 2), whole
+    if family == "jais":               # the default system prompt given twice, not a dozen times
+        (preamble,) = [p for p, w in preambles.items() if len(w) > 2]
+        assert text.count(preamble) == 2 and 2 * len(preamble) < 0.15 * len(text)
     for lang, n in total.items():   # the model's languages all, each other one a third
         assert kept.get(lang, 0) == (n if lang in langs else -(-n // 3)), (lang, kept, total)
 

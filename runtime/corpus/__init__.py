@@ -137,6 +137,23 @@ def render_conversation(meta: "ModelMeta", messages: list[dict]) -> str:
     return text
 
 
+PREAMBLE_MIN = 300      # characters before the first message that count as a preamble
+PREAMBLE_KEEP = 2       # conversations that keep a repeated preamble whole
+PREAMBLE_TAIL = 200     # what the others keep of it (its end, with the role markers)
+
+
+def _trim_repeated_preamble(text: str, messages: list[dict], seen: dict[str, int]) -> str:
+    """`text` with the template's preamble cut when it is long and already given twice."""
+    at = text.find(messages[0]["content"]) if messages else -1
+    if at < PREAMBLE_MIN:
+        return text
+    preamble = text[:at]
+    seen[preamble] = seen.get(preamble, 0) + 1
+    if seen[preamble] <= PREAMBLE_KEEP:
+        return text
+    return text[at - PREAMBLE_TAIL:]
+
+
 def calibration_text(meta: "ModelMeta") -> str:
     """The default calibration text for the model `meta` describes (runtime.meta.read_meta).
 
@@ -148,6 +165,10 @@ def calibration_text(meta: "ModelMeta") -> str:
          (rounded up); in file order;
       3. every other section (the other languages in LANGS order, then code and math): its
          first third (`part`: cut at a paragraph break).
+    A long preamble the template puts before the first message (Jais's ~1,900-character default
+    system prompt) is kept whole in the first PREAMBLE_KEEP conversations that get it and cut to
+    its last PREAMBLE_TAIL characters in the others: repeated in every conversation it would be
+    nearly half of the text and weigh its few tokens' activations far above the rest.
     Sections are joined by a blank line. Deterministic: the same GGUF gives the same text."""
     langs = model_languages(meta)
     sections = dict(calibration_sections())
@@ -161,7 +182,10 @@ def calibration_text(meta: "ModelMeta") -> str:
     keep = set()
     for lang, idx in by_lang.items():
         keep.update(idx if lang in langs else idx[:math.ceil(len(idx) * PART)])
-    pieces += [render_conversation(meta, convs[i]).strip("\n") for i in sorted(keep)]
+    seen: dict[str, int] = {}
+    for i in sorted(keep):
+        pieces.append(_trim_repeated_preamble(
+            render_conversation(meta, convs[i]).strip("\n"), convs[i], seen))
 
     pieces += [part(sections[name]) for name in LANGS if name not in full]
     return "\n\n".join(pieces) + "\n"
