@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -326,16 +327,30 @@ def _other_pass(runner: _Runner, plan: list[_Part], scratch: _Scratch, top_all, 
 
 def _run(runner: _Runner, plan: list[_Part], visit, tick) -> None:
     """Every chunk of `plan` through `runner`: visit(section, row, logits, targets) per decode
-    batch, rows counting scored positions from the first chunk of the first section."""
+    batch, rows counting scored positions from the first chunk of the first section.
+
+    The numpy work of one batch overlaps llama.cpp's decoding of the next (llama_decode drops
+    the GIL): visits run in order on one worker thread, at most one batch waiting."""
     ctx = runner.ctx
     first, per_chunk, row = ctx // 2, ctx - ctx // 2 - 1, 0
-    for part in plan:
-        for tokens in part.chunks:
-            for at, logits in runner.pieces(tokens):
-                targets = tokens[first + at + 1:first + at + 1 + len(logits)]
-                visit(part.name, row + at, logits, targets)
-            row += per_chunk
-            tick(runner.path.name)
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-eval") as pool:
+        try:
+            for part in plan:
+                for tokens in part.chunks:
+                    for at, logits in runner.pieces(tokens):
+                        targets = tokens[first + at + 1:first + at + 1 + len(logits)]
+                        pending.append(pool.submit(visit, part.name, row + at, logits.copy(),
+                                                   targets))
+                        while len(pending) > 1:
+                            pending.pop(0).result()      # raises what the visit raised
+                    row += per_chunk
+                    tick(runner.path.name)
+            while pending:
+                pending.pop(0).result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 # -- the text --------------------------------------------------------------------------------

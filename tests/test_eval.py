@@ -219,7 +219,9 @@ def other_vocab(tmp_path_factory):
                                   "Другой текст, другой словарь."))
     out = root / "other-vocab-f16.gguf"
     kiln("convert", hf, "-o", out, "--quant", "f16")
-    return out
+    bigger = build("llama", root / "hf-bigger", extra_vocab=10)     # 10 more (padding) tokens
+    kiln("convert", bigger, "-o", root / "bigger-vocab-f16.gguf", "--quant", "f16")
+    return out, root / "bigger-vocab-f16.gguf"
 
 
 def test_bad_input_one_clear_line(models, texts, other_vocab, tmp_path, capsys):
@@ -230,8 +232,10 @@ def test_bad_input_one_clear_line(models, texts, other_vocab, tmp_path, capsys):
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_text("just some notes, not a model\n")
     base = models["f16"]
+    other, bigger = other_vocab
     cases = [
-        ((base, other_vocab, "--text", texts["en"]), str(other_vocab), "vocabulary"),
+        ((base, other, "--text", texts["en"]), str(other), "vocabulary differs from the base"),
+        ((base, bigger, "--text", texts["en"]), str(bigger), "tokens, the base tiny-f16.gguf has"),
         ((base, "--text", empty), str(empty), "empty"),
         ((base, "--text", binary), str(binary), "binary"),
         ((base, "--text", texts["short"]), "", f"needs at least {2 * CTX}"),
