@@ -38,6 +38,8 @@ BATCH = 512             # tokens per llama_decode: bounds the logits held at onc
 ROWS_ELEMENTS = 1 << 23  # float64 temporaries are cut into row blocks of about this many values
 MIN_CTX = 8
 
+_BACKEND: list[bool] = []   # llama_backend_init done (once per process)
+
 Progress = Callable[[int, int, str], None]   # (chunks done, chunks in all, what is running)
 
 
@@ -75,7 +77,7 @@ class Evaluation:
     scratch_bytes: int = 0                  # size of the base's temporary log-probabilities
 
     def score(self, model: str | os.PathLike, section: str = ALL) -> Score:
-        name = os.fspath(model)
+        name = os.fspath(Path(model))
         for s in self.scores:
             if s.model == name and s.section == section:
                 return s
@@ -221,7 +223,9 @@ class _Runner:
         from .engine import _route_llama_log
 
         _route_llama_log(False)
-        llama_cpp.llama_backend_init()
+        if not _BACKEND:
+            llama_cpp.llama_backend_init()
+            _BACKEND.append(True)
         self.lib, self.path, self.ctx = llama_cpp, path, ctx
         self.model = self.context = self.batch = None
         mp = llama_cpp.llama_model_default_params()
