@@ -315,19 +315,21 @@ def check_model(gguf_path: Path, ctx: int) -> dict:
 # ------------------------------------------------------------------------------ the run
 
 def compute_imatrix(gguf_path: str | os.PathLike, out_path: str | os.PathLike, text: str, *,
-                    datasets: list[str], ctx: int = 512, chunks: int | None = None,
+                    datasets: list[str] | None = None, ctx: int = 512, chunks: int | None = None,
                     threads: int | None = None, parse_special: bool = False,
                     process_output: bool = False, progress: ProgressFn | None = None,
                     text_source: str | os.PathLike | None = None,
                     verbose: bool = False) -> Summary:
     """Run `text` through the model in chunks of `ctx` tokens and write the importance matrix
-    to `out_path` (llama.cpp's imatrix GGUF).  Nothing is written unless it completes."""
+    to `out_path` (llama.cpp's imatrix GGUF).  Nothing is written unless it completes.
+    `datasets`: what the file records as imatrix.datasets (llama-imatrix: the -f path)."""
     import llama_cpp
 
     from .device import default_threads
     from .engine import _route_llama_log
 
     gguf_path, out_path = Path(gguf_path), Path(out_path)
+    datasets = list(datasets or [])
     check_model(gguf_path, ctx)
     if not text.strip():
         raise KilnError(text_source, "the calibration text is empty")

@@ -28,9 +28,9 @@ from runtime import imatrix as collect  # noqa: E402
 from runtime.cli import cli  # noqa: E402
 
 CTX, THREADS, RTOL = 128, 2, 1e-4
-# (case of kquant_ref, GGUF type): dense llama, MoE mixtral (F16 and Q8_0), MPT's fused qkv
-MODELS = [("llama-8layers", "f16"), ("mixtral-4experts", "f16"), ("mixtral-4experts", "q8_0"),
-          ("mpt-fused-qkv", "f16")]
+# (case of kquant_ref, GGUF type): dense llama (F16, BF16), MoE mixtral (F16, Q8_0), MPT's fused qkv
+MODELS = [("llama-8layers", "f16"), ("llama-8layers", "bf16"), ("mixtral-4experts", "f16"),
+          ("mixtral-4experts", "q8_0"), ("mpt-fused-qkv", "f16")]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,22 @@ def test_equals_llama_imatrix(models, text_file, tmp_path, case, quant):
         assert all(n == 1 for n in ne[len(shapes[name]):]), (name, ne)
     if "mixtral" in case:
         assert any(name.endswith("_exps.weight") for name in entries)
+
+
+def test_chunk_longer_than_a_batch(tmp_path):
+    """--ctx 2560 > n_batch 2048: each chunk is two decode calls (positions run on)."""
+    from hf_models import build
+
+    hf = build("llama", tmp_path / "hf", max_position_embeddings=4096)
+    model = tmp_path / "long-f16.gguf"
+    convert(hf, model, "f16", threads=THREADS)
+    text = tmp_path / "long.txt"
+    text.write_text("\n".join(CORPUS * 2) + "\n", encoding="utf-8")
+    ref = llama_imatrix(model, text, tmp_path / "ref.gguf", ctx=2560)
+    ours = tmp_path / "ours.imatrix"
+    summary = kiln_imatrix(model, text, ours, ctx=2560)
+    assert summary.chunks == 2
+    assert_same_imatrix(ours, ref, "llama ctx 2560")
 
 
 def test_llama_quantize_reads_kiln_imatrix(models, text_file, tmp_path):
@@ -259,16 +275,21 @@ def test_bad_input(models, text_file, tmp_path, capsys, kind):
     nothing_left(out)
 
 
-def test_no_text_without_bundled_corpus(models, tmp_path, capsys):
+def test_default_text(models, tmp_path, capsys):
+    """Without --text: the bundled calibration text once runtime.corpus has it, until then a
+    clear refusal."""
+    out = tmp_path / "out.imatrix"
     try:
         from runtime.corpus import calibration_text  # noqa: F401
     except ImportError:
-        out = tmp_path / "out.imatrix"
         err = kiln_fails(capsys, "imatrix", models("llama-8layers"), "-o", out, "--ctx", CTX)
         assert "--text FILE" in err
         nothing_left(out)
-    else:
-        pytest.skip("the bundled calibration text exists: covered by its own tests")
+        return
+    kiln("imatrix", models("llama-8layers"), "-o", out, "--ctx", CTX, "--chunks", 2,
+         "--threads", THREADS, "--quiet")
+    im = imatrix_file.load(out)
+    assert im.chunk_count == 2 and im.datasets[0].startswith("kiln calibration text")
 
 
 def test_interrupt_leaves_nothing(models, text_file, tmp_path, monkeypatch):
