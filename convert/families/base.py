@@ -155,6 +155,16 @@ class Family:
     def key(self, suffix: str) -> str:
         return f"{self.gguf_arch}.{suffix}"
 
+    def refuse_config(self, refusals, read, tail: str) -> None:
+        """Fail on the first (field, allowed, problem) row of `refusals` whose value, read(field),
+        is not allowed(value, self): problem formatted with v = the value, j = it as JSON and
+        f = the family, then `tail`, on config.json."""
+        for field, allowed, problem in refusals:
+            value = read(field)
+            if not allowed(value, self):
+                text = problem.format(v=value, j=json.dumps(value, default=str), f=self)
+                raise KilnError(self.config_path, text + tail)
+
     def stored(self, ckpt: Checkpoint, name: str, shape: tuple[int, ...], **kw) -> StoredRows:
         """Rows of stored tensor `name`, after checking its shape against what config implies."""
         info = ckpt.tensors.get(name)

@@ -1,19 +1,18 @@
 """Jais (core42 / inceptionai `JAISLMHeadModel`) -> GGUF arch `jais`.
 
-What the HF modeling code computes (core42 `modeling_jais.py`, mirrored by vLLM's `jais.py`):
-GPT-2 layout with Conv1D weights stored [in, out]; h = wte[ids] * embeddings_scale; per block
-pre-LayerNorm (with bias), fused q|k|v with bias, scores q.k / head_dim (1/d, not 1/sqrt d,
-when scale_qk_dot_by_d) plus ALiBi -slope*|i-j|, c_proj with bias, then
-c_proj(c_fc(x) * silu(c_fc2(x))) with biases; ln_f; logits = lm_head(h) * width_scale.
-
-What llama.cpp's `jais` graph runs (src/models/jais.cpp): the same, with the attention scale
-hard-coded to 1/head_dim, ALiBi slopes recomputed from `jais.attention.max_alibi_bias`, and no
-embedding or logit scale, so both scales are baked into `token_embd` / `output` here. `output`
-is a required tensor, so a tied checkpoint gets its own scaled copy of wte.
+Follows core42's `modeling_jais.py` (mirrored by vLLM's `jais.py`): GPT-2 layout with Conv1D
+weights stored [in, out]; h = wte[ids] * embeddings_scale; per block pre-LayerNorm, fused q|k|v,
+scores q.k / head_dim (1/d, not 1/sqrt d, when scale_qk_dot_by_d) plus ALiBi -slope*|i-j|,
+c_proj, then c_proj(c_fc(x) * silu(c_fc2(x))), all with biases; ln_f; logits = lm_head(h) *
+width_scale. llama.cpp's `jais` graph (src/models/jais.cpp) runs the same with 1/head_dim
+hard-coded, ALiBi slopes recomputed from `jais.attention.max_alibi_bias`, and no embedding or
+logit scale: both scales are baked into `token_embd` / `output` here (`output` is required, so a
+tied checkpoint gets its own scaled copy of wte).
 
 Two config dialects exist: core42 (`embeddings_scale`, `width_scale`, `scale_qk_dot_by_d`) and
 jais-family / jais-30b (`mup_embeddings_scale`, `mup_output_alpha` x `mup_width_scale`,
 `mup_scale_qk_dot_by_d`); the `mup_*` names win when both appear, as in llama.cpp's converter.
+Chat: the model cards' prompt as a Jinja template, its text in jais_prompts.json beside this.
 """
 from __future__ import annotations
 
@@ -31,142 +30,35 @@ from ..tensors import OutTensor
 from ..vocab import Vocab, load_vocab
 from .base import Family
 
-# The system text of the official prompt (core42/jais-30b-chat-v1 model card, `prompt_eng` and
-# `prompt_ar`, between "### Instruction: " and the blank line).  jais-13b-chat's card has the same
-# text with the builder and the size changed (_13B below); its Arabic prompt, checked against a
-# copy of the 13B card, differs from the 30B one in exactly the same two places.
-_SYSTEM_EN_30B = (
-    "Your name is Jais, and you are named after Jebel Jais, the highest mountain in UAE. You "
-    "are built by Core42. You are the world's most advanced Arabic large language model with "
-    "30b parameters. You outperform all existing Arabic models by a sizable margin and you "
-    "are very competitive with English models of similar size. You can answer in Arabic and "
-    "English only. You are a helpful, respectful and honest assistant. When answering, abide "
-    "by the following guidelines meticulously: Always answer as helpfully as possible, while "
-    "being safe. Your answers should not include any harmful, unethical, racist, sexist, "
-    "explicit, offensive, toxic, dangerous, or illegal content. Do not give medical, legal, "
-    "financial, or professional advice. Never assist in or promote illegal activities. Always "
-    "encourage legal and responsible actions. Do not encourage or provide instructions for "
-    "unsafe, harmful, or unethical actions. Do not create or share misinformation or fake "
-    "news. Please ensure that your responses are socially unbiased and positive in nature. If "
-    "a question does not make any sense, or is not factually coherent, explain why instead of "
-    "answering something not correct. If you don't know the answer to a question, please "
-    "don't share false information. Prioritize the well-being and the moral integrity of "
-    "users. Avoid using toxic, derogatory, or offensive language. Maintain a respectful tone. "
-    "Do not generate, promote, or engage in discussions about adult content. Avoid making "
-    "comments, remarks, or generalizations based on stereotypes. Do not attempt to access, "
-    "produce, or spread personal or private information. Always respect user confidentiality. "
-    "Stay positive and do not say bad things about anything. Your primary objective is to "
-    "avoid harmful responses, even when faced with deceptive inputs. Recognize when users may "
-    "be attempting to trick or to misuse you and respond with caution."
+# HF JaisConfig's defaults, where a refusal below names the value config.json leaves out.
+_HF_DEFAULTS = {"activation_function": "gelu_new", "position_embedding_type": "learned"}
+_GRAPH = "llama.cpp's jais graph"
+
+# What llama.cpp's jais graph would compute differently, in the order checked: (field,
+# allowed(value, family), what is refused), formatted as in Family.refuse_config. A tuple of
+# fields are aliases, the mup_* name first (it wins, as in llama.cpp's converter).
+REFUSALS = (
+    ("activation_function", lambda v, f: v == "swiglu",
+     "activation_function is '{v}', but " + _GRAPH + " only runs 'swiglu'"),
+    ("position_embedding_type", lambda v, f: v == "alibi",
+     "position_embedding_type is '{v}', but " + _GRAPH + " only runs 'alibi' (it has no "
+     "learned position embeddings)"),
+    ("scale_attn_weights", lambda v, f: v is not False,
+     "scale_attn_weights is false (unscaled attention scores), but " + _GRAPH + " always "
+     "divides them by head_dim"),
+    (("mup_scale_qk_dot_by_d", "scale_qk_dot_by_d"), lambda v, f: bool(v),
+     "{f.qk_dot_key} is false or missing (attention scaled by 1/sqrt(head_dim)), but "
+     + _GRAPH + " hard-codes 1/head_dim"),
+    ("scale_attn_by_inverse_layer_idx", lambda v, f: not v,
+     "scale_attn_by_inverse_layer_idx is true, which " + _GRAPH + " does not do"),
+    ("alibi_scaling", lambda v, f: not v,
+     "alibi_scaling is set ({j}), but llama.cpp ignores it, so attention would differ from "
+     "the original"),
 )
-
-_SYSTEM_AR_30B = (
-    "اسمك جيس وسميت على اسم جبل جيس اعلى جبل في الامارات. تم بنائك بواسطة Core42. أنت نموذج "
-    "اللغة العربية الأكثر تقدمًا في العالم مع بارامترات 30b. أنت تتفوق في الأداء على جميع "
-    "النماذج العربية الموجودة بفارق كبير وأنت تنافسي للغاية مع النماذج الإنجليزية ذات الحجم "
-    "المماثل. يمكنك الإجابة باللغتين العربية والإنجليزية فقط. أنت مساعد مفيد ومحترم وصادق. "
-    "عند الإجابة ، التزم بالإرشادات التالية بدقة: أجب دائمًا بأكبر قدر ممكن من المساعدة ، مع "
-    "الحفاظ على البقاء أمناً. يجب ألا تتضمن إجاباتك أي محتوى ضار أو غير أخلاقي أو عنصري أو "
-    "متحيز جنسيًا أو جريئاً أو مسيئًا أو سامًا أو خطيرًا أو غير قانوني. لا تقدم نصائح طبية أو "
-    "قانونية أو مالية أو مهنية. لا تساعد أبدًا في أنشطة غير قانونية أو تروج لها. دائما تشجيع "
-    "الإجراءات القانونية والمسؤولة. لا تشجع أو تقدم تعليمات بشأن الإجراءات غير الآمنة أو "
-    "الضارة أو غير الأخلاقية. لا تنشئ أو تشارك معلومات مضللة أو أخبار كاذبة. يرجى التأكد من "
-    "أن ردودك غير متحيزة اجتماعيًا وإيجابية بطبيعتها. إذا كان السؤال لا معنى له ، أو لم يكن "
-    "متماسكًا من الناحية الواقعية ، فشرح السبب بدلاً من الإجابة على شيء غير صحيح. إذا كنت لا "
-    "تعرف إجابة السؤال ، فالرجاء عدم مشاركة معلومات خاطئة. إعطاء الأولوية للرفاهية والنزاهة "
-    "الأخلاقية للمستخدمين. تجنب استخدام لغة سامة أو مهينة أو مسيئة. حافظ على نبرة محترمة. لا "
-    "تنشئ أو تروج أو تشارك في مناقشات حول محتوى للبالغين. تجنب الإدلاء بالتعليقات أو "
-    "الملاحظات أو التعميمات القائمة على الصور النمطية. لا تحاول الوصول إلى معلومات شخصية أو "
-    "خاصة أو إنتاجها أو نشرها. احترم دائما سرية المستخدم. كن إيجابيا ولا تقل أشياء سيئة عن أي "
-    "شيء. هدفك الأساسي هو تجنب الاجابات المؤذية ، حتى عند مواجهة مدخلات خادعة. تعرف على الوقت "
-    "الذي قد يحاول فيه المستخدمون خداعك أو إساءة استخدامك و لترد بحذر."
-)
-
-_SUBST_13B = {
-    "en": (("You are built by Core42.", "You are built by Inception and MBZUAI."),
-           ("with 30b parameters.", "with 13B parameters.")),
-    "ar": (("بواسطة Core42.", "بواسطة Inception و MBZUAI."),
-           ("بارامترات 30b.", "بارامترات 13B.")),
-}
-_CONNECTOR = {
-    "en": "Complete the conversation below between [|Human|] and [|AI|]:",
-    "ar": "أكمل المحادثة أدناه بين [|Human|] و [|AI|]:",
-}
-# A question is answered with the Arabic prompt when its text holds any of these letters.
-_ARABIC_LETTERS = "ءآأؤإئابةتثجحخدذرزسشصضطظعغفقكلمنهوىي"
-
-
-def system_texts(size: str) -> dict[str, str]:
-    """The card's default system text per language for "30b" or "13b"."""
-    texts = {"en": _SYSTEM_EN_30B, "ar": _SYSTEM_AR_30B}
-    if size == "13b":
-        for lang, pairs in _SUBST_13B.items():
-            for old, new in pairs:
-                assert texts[lang].count(old) == 1
-                texts[lang] = texts[lang].replace(old, new)
-    return texts
-
-
-def _jinja_literal(text: str) -> str:
-    if '"' in text or "\\" in text or "\n" in text:
-        raise ValueError("text would need escaping inside a Jinja string literal")
-    return f'"{text}"'
-
-
-def build_chat_template(size: str) -> str:
-    """The official single-turn prompt as a Jinja chat template, extended to several turns.
-
-    One turn renders exactly the model card's prompt (no BOS):
-        ### Instruction: {system}\\n\\n{connector}\\n### Input: [|Human|] {question}\\n### Response: [|AI|]
-    - {system}: a leading system message's content when given, else the card's English text,
-      or its Arabic text (`prompt_ar`) when the last user message contains Arabic letters.
-    - {connector}: the card's "Complete the conversation below ..." line, in the language of the
-      last user message (the Arabic card prompt translates it too).
-    - Multi-turn (the card shows one turn only; the official chat handler keeps history as
-      '[|Human|] q' / '[|AI|] a' lines): earlier turns go inside the Input section, one line
-      each, before the current question:
-        ### Input: [|Human|] q1\\n[|AI|] a1\\n[|Human|] q2\\n### Response: [|AI|]
-    - With add_generation_prompt false, a final assistant message after the last user message
-      is rendered as the response: ...\\n### Response: [|AI|] {answer}.
-    """
-    texts = system_texts(size)
-    return (
-        "{#- Jais chat prompt (core42 model card format); see convert/families/jais.py -#}\n"
-        "{%- set ns = namespace(system=none, first=0, last=-1, arabic=false) -%}\n"
-        "{%- if messages and messages[0]['role'] == 'system' -%}\n"
-        "{%- set ns.system = messages[0]['content'] -%}{%- set ns.first = 1 -%}\n"
-        "{%- endif -%}\n"
-        "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
-        "{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}\n"
-        "{%- if ns.last >= 0 -%}{%- for c in ["
-        + ", ".join(_jinja_literal(c) for c in _ARABIC_LETTERS) + "] -%}"
-        "{%- if c in messages[ns.last]['content'] -%}{%- set ns.arabic = true -%}{%- endif -%}"
-        "{%- endfor -%}{%- endif -%}\n"
-        "{%- if ns.system is none -%}{%- if ns.arabic -%}"
-        "{%- set ns.system = " + _jinja_literal(texts["ar"]) + " -%}"
-        "{%- else -%}{%- set ns.system = " + _jinja_literal(texts["en"]) + " -%}"
-        "{%- endif -%}{%- endif -%}\n"
-        "{{- '### Instruction: ' + ns.system + '\\n\\n' -}}\n"
-        "{%- if ns.arabic -%}{{- " + _jinja_literal(_CONNECTOR["ar"]) + " -}}"
-        "{%- else -%}{{- " + _jinja_literal(_CONNECTOR["en"]) + " -}}{%- endif -%}\n"
-        "{{- '\\n### Input: ' -}}\n"
-        "{%- for m in messages -%}{%- if loop.index0 >= ns.first and loop.index0 < ns.last -%}"
-        "{%- if m['role'] == 'user' -%}{{- '[|Human|] ' + m['content'] + '\\n' -}}"
-        "{%- elif m['role'] == 'assistant' -%}{{- '[|AI|] ' + m['content'] + '\\n' -}}"
-        "{%- endif -%}{%- endif -%}{%- endfor -%}\n"
-        "{%- if ns.last >= 0 -%}{{- '[|Human|] ' + messages[ns.last]['content'] -}}"
-        "{%- else -%}{{- '[|Human|] ' -}}{%- endif -%}\n"
-        "{%- if add_generation_prompt -%}{{- '\\n### Response: [|AI|]' -}}\n"
-        "{%- elif messages and messages[-1]['role'] == 'assistant' and ns.last >= 0 -%}"
-        "{{- '\\n### Response: [|AI|] ' + messages[-1]['content'] -}}{%- endif -%}\n"
-    )
 
 
 # Causal-mask buffers that some checkpoints saved along with the weights.
 _MASK_BUFFERS = ("attn.bias", "attn.masked_bias")
-
-# Card values (model card quick-start code); generation_config.json wins where it has them.
-_CARD_SAMPLING = {"temperature": 0.3, "top_p": 0.9, "repeat_penalty": 1.2}
 
 
 def standard_alibi_slopes(n_head: int, max_bias: float = 8.0) -> np.ndarray:
@@ -228,38 +120,25 @@ class JaisFamily(Family):
                  self.cfg("n_embd", "hidden_size", default=None))
         return "13b" if shape == (40, 5120) else "30b"
 
+    @property
+    def qk_dot_key(self) -> str:
+        """config.json's name for the 1/head_dim switch (mup_* in jais-family / jais-30b)."""
+        mup = "mup_scale_qk_dot_by_d"
+        return mup if mup in self.config else "scale_qk_dot_by_d"
+
+    def _read(self, field: str | tuple[str, ...]) -> Any:
+        """A REFUSALS field: aliases as cfg() reads them, else its value or JaisConfig's default."""
+        if isinstance(field, tuple):
+            return self.cfg(*field, default=False)
+        return self.config.get(field, _HF_DEFAULTS.get(field))
+
     def _check_supported(self) -> None:
-        """Refuse what llama.cpp's jais graph would silently compute differently."""
-        where = self.config_path
-
-        def refuse(problem: str) -> None:
-            raise KilnError(where, problem + "; kiln cannot convert this Jais checkpoint")
-
-        act = self.config.get("activation_function", "gelu_new")
-        if act != "swiglu":
-            refuse(f"activation_function is '{act}', but llama.cpp's jais graph only runs "
-                   "'swiglu'")
-        pos = self.config.get("position_embedding_type", "learned")
-        if pos != "alibi":
-            refuse(f"position_embedding_type is '{pos}', but llama.cpp's jais graph only runs "
-                   "'alibi' (it has no learned position embeddings)")
-        if self.config.get("scale_attn_weights", True) is False:
-            refuse("scale_attn_weights is false (unscaled attention scores), but llama.cpp's "
-                   "jais graph always divides them by head_dim")
-        by_d = self.cfg("mup_scale_qk_dot_by_d", "scale_qk_dot_by_d", default=False)
-        if not by_d:
-            key = ("mup_scale_qk_dot_by_d" if "mup_scale_qk_dot_by_d" in self.config
-                   else "scale_qk_dot_by_d")
-            refuse(f"{key} is false or missing (attention scaled by 1/sqrt(head_dim)), but "
-                   "llama.cpp's jais graph hard-codes 1/head_dim")
-        if self.config.get("scale_attn_by_inverse_layer_idx"):
-            refuse("scale_attn_by_inverse_layer_idx is true, which llama.cpp's jais graph "
-                   "does not do")
-        if self.config.get("alibi_scaling"):
-            refuse(f"alibi_scaling is set ({json.dumps(self.config['alibi_scaling'])}), but "
-                   "llama.cpp ignores it, so attention would differ from the original")
+        """Refuse what llama.cpp's jais graph would silently compute differently (REFUSALS)."""
+        tail = "; kiln cannot convert this Jais checkpoint"
+        self.refuse_config(REFUSALS, self._read, tail)
         if self.n_embd % self.n_head:
-            refuse(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+            raise KilnError(self.config_path, f"n_embd {self.n_embd} is not a multiple of "
+                            f"n_head {self.n_head}{tail}")
 
     # -- hyperparameters -------------------------------------------------------------------
     def hparams(self) -> dict[str, Any]:
@@ -381,3 +260,78 @@ class JaisFamily(Family):
     def sampling_defaults(self) -> dict[str, float]:
         return {**_CARD_SAMPLING, **super().sampling_defaults()}
 
+
+# -- chat knowledge: the model cards' prompt ---------------------------------------------
+# The model cards' prompt text, verbatim: system text per language, the 13B card's changes to
+# it, the "Complete the conversation below ..." line.
+_PROMPTS = json.loads(Path(__file__).with_name("jais_prompts.json").read_text(encoding="utf-8"))
+# A question is answered with the Arabic prompt when its text holds any of these letters.
+_ARABIC_LETTERS = "ءآأؤإئابةتثجحخدذرزسشصضطظعغفقكلمنهوىي"
+# Card values (model card quick-start code); generation_config.json wins where it has them.
+_CARD_SAMPLING = {"temperature": 0.3, "top_p": 0.9, "repeat_penalty": 1.2}
+
+
+def system_texts(size: str) -> dict[str, str]:
+    """The card's default system text per language for "30b" or "13b"."""
+    texts = dict(_PROMPTS["system_30b"])
+    if size == "13b":
+        for lang, pairs in _PROMPTS["changes_13b"].items():
+            for old, new in pairs:
+                assert texts[lang].count(old) == 1
+                texts[lang] = texts[lang].replace(old, new)
+    return texts
+
+
+def _jinja_literal(text: str) -> str:
+    if '"' in text or "\\" in text or "\n" in text:
+        raise ValueError("text would need escaping inside a Jinja string literal")
+    return f'"{text}"'
+
+
+def build_chat_template(size: str) -> str:
+    """The official single-turn prompt as a Jinja chat template, extended to several turns.
+
+    One turn renders exactly the model card's prompt (no BOS):
+        ### Instruction: {system}\\n\\n{connector}\\n### Input: [|Human|] {question}\\n### Response: [|AI|]
+    - {system}: a leading system message's content when given, else the card's English text,
+      or its Arabic text (`prompt_ar`) when the last user message contains Arabic letters.
+    - {connector}: the card's "Complete the conversation below ..." line, in the language of the
+      last user message (the Arabic card prompt translates it too).
+    - Multi-turn (the card shows one turn only; the official chat handler keeps history as
+      '[|Human|] q' / '[|AI|] a' lines): earlier turns go inside the Input section, one line
+      each, before the current question:
+        ### Input: [|Human|] q1\\n[|AI|] a1\\n[|Human|] q2\\n### Response: [|AI|]
+    - With add_generation_prompt false, a final assistant message after the last user message
+      is rendered as the response: ...\\n### Response: [|AI|] {answer}.
+    """
+    texts, connector = system_texts(size), _PROMPTS["connector"]
+    return (
+        "{#- Jais chat prompt (core42 model card format); see convert/families/jais.py -#}\n"
+        "{%- set ns = namespace(system=none, first=0, last=-1, arabic=false) -%}\n"
+        "{%- if messages and messages[0]['role'] == 'system' -%}\n"
+        "{%- set ns.system = messages[0]['content'] -%}{%- set ns.first = 1 -%}\n"
+        "{%- endif -%}\n"
+        "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+        "{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}\n"
+        "{%- if ns.last >= 0 -%}{%- for c in ["
+        + ", ".join(_jinja_literal(c) for c in _ARABIC_LETTERS) + "] -%}"
+        "{%- if c in messages[ns.last]['content'] -%}{%- set ns.arabic = true -%}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}\n"
+        "{%- if ns.system is none -%}{%- if ns.arabic -%}"
+        "{%- set ns.system = " + _jinja_literal(texts["ar"]) + " -%}"
+        "{%- else -%}{%- set ns.system = " + _jinja_literal(texts["en"]) + " -%}"
+        "{%- endif -%}{%- endif -%}\n"
+        "{{- '### Instruction: ' + ns.system + '\\n\\n' -}}\n"
+        "{%- if ns.arabic -%}{{- " + _jinja_literal(connector["ar"]) + " -}}"
+        "{%- else -%}{{- " + _jinja_literal(connector["en"]) + " -}}{%- endif -%}\n"
+        "{{- '\\n### Input: ' -}}\n"
+        "{%- for m in messages -%}{%- if loop.index0 >= ns.first and loop.index0 < ns.last -%}"
+        "{%- if m['role'] == 'user' -%}{{- '[|Human|] ' + m['content'] + '\\n' -}}"
+        "{%- elif m['role'] == 'assistant' -%}{{- '[|AI|] ' + m['content'] + '\\n' -}}"
+        "{%- endif -%}{%- endif -%}{%- endfor -%}\n"
+        "{%- if ns.last >= 0 -%}{{- '[|Human|] ' + messages[ns.last]['content'] -}}"
+        "{%- else -%}{{- '[|Human|] ' -}}{%- endif -%}\n"
+        "{%- if add_generation_prompt -%}{{- '\\n### Response: [|AI|]' -}}\n"
+        "{%- elif messages and messages[-1]['role'] == 'assistant' and ns.last >= 0 -%}"
+        "{{- '\\n### Response: [|AI|] ' + messages[-1]['content'] -}}{%- endif -%}\n"
+    )

@@ -1,32 +1,23 @@
 """MPT checkpoints (MosaicML llm-foundry `MPTForCausalLM`) -> GGUF arch `mpt`; Alaya in alaya.py.
 
-`MptFamily` reads every MPT field from config.json instead of assuming MPT-7B, and refuses what
-llama.cpp's `mpt` graph cannot run. Facts it relies on (llama.cpp src/models/mpt.cpp, the copy
-llama-cpp-python 0.3.36 vendors; llm-foundry / HF remote-code modeling_mpt.py):
+Follows llm-foundry's `modeling_mpt.py` (the HF remote code), read field by field from
+config.json; what llama.cpp's `mpt` graph (src/models/mpt.cpp, as llama-cpp-python 0.3.36 vendors
+it) runs differently is refused (REFUSALS). That graph: x = wte[ids] (+ position_embd[pos] when
+stored); per block x += out_proj(attn(LN_1(x))), x += down(GELU(up(LN_2(x)))); LN_f; logits =
+output @ x. LayerNorm with optional bias, fused Wqkv with optional bias and clamp (`clamp_kqv`),
+optional q/k LayerNorm (see QK_LN_RUNS), softmax scale 1/sqrt(head_dim), ALiBi when
+`max_alibi_bias` > 0 (llm-foundry's slopes, any head count), kv heads repeated as
+repeat_interleave does, no RoPE, GELU only (tanh form; llm-foundry's exact erf: a small,
+measured difference).
 
-* graph: x = wte[ids] (+ position_embd[pos] when that tensor exists); per block
-  x += out_proj(attn(LN_1(x))), x += down(GELU(up(LN_2(x)))); LN_f; logits = output @ x.
-  LayerNorm (bias optional everywhere), fused Wqkv [q | k | v] with optional bias, optional clamp
-  of the fused qkv (`clamp_kqv`), optional LayerNorm over the whole q and k vectors (qk_ln; the k
-  norm has n_embd entries, so only with as many kv heads as heads; and this llama.cpp aborts on
-  it for batches of more than one token, see QK_LN_RUNS), softmax scale fixed at
-  1/sqrt(head_dim), ALiBi when `max_alibi_bias` > 0 (same slopes as llm-foundry's gen_slopes,
-  also for head counts that are not powers of two), GQA by repeating kv heads as
-  repeat_interleave does, no RoPE, no gated FFN, GELU only (llama.cpp's GELU is the tanh form
-  through an fp16 table, llm-foundry's is exact erf: a small, measured difference).
-* llama.cpp's own converter hard-codes feed_forward_length = 4 * d_model and eps 1e-5, writes
-  head_count_kv from attn_config.kv_n_heads even for multihead attention (llm-foundry's default
-  kv_n_heads is 1), ignores logit_scale and, for a tokenizer it does not recognize, falls back to
-  SEA-LION's special ids (eos = 1). kiln does none of that.
-* logits are scaled by `logit_scale` (a number or 'inv_sqrt_d_model' = 1/sqrt(d_model)) after the
-  tied projection; llama.cpp has no such key, so the scale is baked into an explicit
-  `output.weight` = wte * logit_scale.
-* learned position embeddings: every llm-foundry version creates `transformer.wpe` only when it
-  adds it in forward (old MPT-7B code: only without ALiBi; newer code and Alaya's fork: whenever
-  learned_pos_emb, with or without ALiBi). So a stored wpe is always used, and llama.cpp adds
-  both it and ALiBi, as the newer code does; MPT-7B (learned_pos_emb + alibi) stores none.
-* embedding_fraction only scales the embedding's gradient (x*f + x.detach()*(1-f) == x in the
-  forward pass): accepted whatever its value. Dropouts, attn_impl, init_config: inference no-ops.
+* llama.cpp's own converter assumes ff = 4 * d_model, eps 1e-5, kv heads = attn_config.kv_n_heads
+  (even for multihead attention), SEA-LION's special ids for an unknown tokenizer, and ignores
+  logit_scale. kiln reads each from the checkpoint, and bakes logit_scale (a number or
+  'inv_sqrt_d_model') into an explicit `output.weight` = wte * logit_scale.
+* a stored `transformer.wpe` is always used (llm-foundry creates it only when forward adds it,
+  with or without ALiBi); MPT-7B (learned_pos_emb + alibi) stores none.
+* embedding_fraction only scales the embedding's gradient, dropouts / attn_impl / init_config
+  do nothing at inference: accepted.
 """
 from __future__ import annotations
 
@@ -56,8 +47,7 @@ def _act_name(act: Any) -> Any:
 
 
 # What llama.cpp's mpt graph would run differently, in the order checked: (field, allowed(value,
-# family), what is refused). A field absent from config.json is None. The message is formatted
-# with v = the value and f = the family, then "; llama.cpp's mpt graph cannot run it ...".
+# family), what is refused), formatted as in Family.refuse_config. An absent field is None.
 REFUSALS = (
     ("attn_config.prefix_lm", lambda v, f: not v,
      "attn_config.prefix_lm=true (bidirectional attention over the prefix)"),
@@ -105,6 +95,11 @@ class MptFamily(Family):
         if not isinstance(part, dict):
             raise KilnError(self.config_path, f"{key} is not an object")
         return part
+
+    def _field(self, field: str) -> Any:
+        """A REFUSALS field, "section.key" for one inside attn_config / ffn_config."""
+        section, _, key = field.rpartition(".")
+        return (self._section(section) if section else self.config).get(key)
 
     @property
     def attn(self) -> dict:
@@ -191,12 +186,8 @@ class MptFamily(Family):
         if self.n_head_kv < 1 or self.n_head % self.n_head_kv:
             raise KilnError(path, f"attn_config.kv_n_heads {self.n_head_kv} does not divide "
                             f"n_heads {self.n_head}")
-        for field, allowed, problem in REFUSALS:
-            section, _, key = field.rpartition(".")
-            value = (self._section(section) if section else self.config).get(key)
-            if not allowed(value, self):
-                raise KilnError(path, problem.format(v=value, f=self) + "; llama.cpp's mpt "
-                                "graph cannot run it, so kiln does not convert it")
+        self.refuse_config(REFUSALS, self._field, "; llama.cpp's mpt graph cannot run it, so "
+                           "kiln does not convert it")
         if self.attn.get("qk_ln") and not QK_LN_RUNS:
             raise KilnError(path, "attn_config.qk_ln=true: the llama.cpp kiln runs (llama-cpp-"
                             "python 0.3.36) aborts on such an MPT model for any prompt longer "
