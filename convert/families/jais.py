@@ -193,7 +193,7 @@ class JaisFamily(Family):
         used: set[str] = set()
 
         def add(gguf_name: str, hf_name: str, shape: tuple[int, ...], *,
-                conv1d: bool = False, scale: float | None = None, src: str | None = None) -> None:
+                conv1d: bool = False, scale: float | None = None) -> None:
             """`shape` is the GGUF (PyTorch Linear) shape; Conv1D weights are stored [in, out]."""
             stored = shape[::-1] if conv1d else shape
             rows = self.stored(ckpt, hf_name, stored, transpose=conv1d, scale=scale)
