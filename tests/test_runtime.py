@@ -218,9 +218,11 @@ def test_chat_repl_under_a_terminal(tmp_path, sp):
     pexpect = pytest.importorskip("pexpect")
     start = answer_start(sp)
     loop = [start] + bigram.text_chain(sp, "abc")
-    endless = scripted_gguf(tmp_path / "loop", [], cycle=loop)
+    # a long context, so that the answer is still running when Ctrl-C arrives (the tiny model
+    # makes ~7,000 tokens/s: 256 tokens were sometimes gone before it, under load)
+    endless = scripted_gguf(tmp_path / "loop", [], cycle=loop, n_ctx=16384)
     child = pexpect.spawn(sys.executable, ["-m", "runtime", "chat", str(endless),
-                                           "--max-tokens", "1000000", "--ctx", "256"],
+                                           "--max-tokens", "1000000", "--ctx", "16384"],
                           encoding="utf-8", timeout=60)
     try:
         child.expect(r"/help for commands")
