@@ -28,9 +28,11 @@ from runtime import imatrix as collect  # noqa: E402
 from runtime.cli import cli  # noqa: E402
 
 CTX, THREADS, RTOL = 128, 2, 1e-4
-# (case of kquant_ref, GGUF type): dense llama (F16, BF16), MoE mixtral (F16, Q8_0), MPT's fused qkv
+# (case of kquant_ref, GGUF type): dense llama (F16, BF16), MoE mixtral (F16, Q8_0), MPT's fused
+# qkv, Jais (ALiBi, muP, its own arch), XVERSE
 MODELS = [("llama-8layers", "f16"), ("llama-8layers", "bf16"), ("mixtral-4experts", "f16"),
-          ("mixtral-4experts", "q8_0"), ("mpt-fused-qkv", "f16")]
+          ("mixtral-4experts", "q8_0"), ("mpt-fused-qkv", "f16"), ("jais-mup-bf16", "f16"),
+          ("xverse", "f16")]
 
 
 @pytest.fixture(scope="module")
