@@ -104,7 +104,7 @@ def convert_cmd(src: Path, out: Path | None, quant: str, imatrix: str | None,
         matrix, cost = _imatrix_auto_hook().for_convert_cli(src, out, threads=threads,
                                                             repo_id=repo_id, family=family,
                                                             quiet=quiet)
-    bar_state, progress, on_plan = _progress(src.name, out, qtype.name, quiet)
+    bar_state, progress, on_plan = progress_bar(src.name, out, qtype.name, quiet)
     try:
         summary = convert(src, out, qtype, threads=threads, progress=progress, on_plan=on_plan,
                           imatrix=matrix, repo_id=repo_id, family=family,
@@ -137,7 +137,7 @@ def _load_imatrix(path: Path | None):
     return load(path)
 
 
-def _progress(src_name: str, out: Path, label: str, quiet: bool):
+def progress_bar(src_name: str, out: Path, label: str, quiet: bool):
     """A progress bar over bytes written, naming the tensor being written."""
     bar_state: dict = {}
 
@@ -202,7 +202,7 @@ def quantize_cmd(src: Path, out: Path, quant: str, imatrix: Path | None, allow_r
 
     qtype = parse_quant(quant)
     matrix = _load_imatrix(imatrix)
-    bar_state, progress, on_plan = _progress(src.name, out, qtype.name, quiet)
+    bar_state, progress, on_plan = progress_bar(src.name, out, qtype.name, quiet)
     try:
         summary = quantize_file(src, out, qtype, threads=threads, allow_requantize=allow_requantize,
                                 imatrix=matrix, progress=progress, on_plan=on_plan)

@@ -112,11 +112,11 @@ def for_convert_cli(src: Path, out: Path, *, threads: int | None, repo_id: str |
     """`kiln convert --imatrix auto`: progress bars on stderr, the matrix kept beside OUT."""
     import click
 
-    from convert.cli import _progress
-    from .imatrix_cli import _Bar
+    from convert.cli import progress_bar
+    from .progress import ChunkBar
 
     def on_convert():
-        state, progress, on_plan = _progress(src.name, out.parent / "calibration-q8_0.gguf",
+        state, progress, on_plan = progress_bar(src.name, out.parent / "calibration-q8_0.gguf",
                                              "Q8_0 for calibration", quiet)
 
         def close():
@@ -129,7 +129,7 @@ def for_convert_cli(src: Path, out: Path, *, threads: int | None, repo_id: str |
                    "the real conversion", err=True)
     keep = out.with_name(out.name[:-5] if out.name.endswith(".gguf") else out.name)
     keep = keep.with_name(keep.name + ".imatrix")
-    bar = _Bar(quiet, f"calibrating -> {keep.name}")
+    bar = ChunkBar(f"calibrating -> {keep.name}", quiet)
     try:
         return auto_imatrix(src, out.parent, keep, threads=threads, repo_id=repo_id,
                             family=family, on_convert=on_convert, on_chunks=bar.update,

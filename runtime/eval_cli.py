@@ -9,6 +9,8 @@ import click
 
 from convert.errors import KilnError
 
+from .progress import ChunkBar
+
 from .evaluate import ALL, Evaluation, evaluate
 
 
@@ -45,7 +47,7 @@ def eval_cmd(base: Path, others: tuple[Path, ...], texts: tuple[Path, ...], ctx:
     if dup is not None:
         raise KilnError(None, f"two --text files are named {dup!r}: sections are named after "
                               "the file stem")
-    bar = _Bar(quiet)
+    bar = ChunkBar("eval", quiet or not sys.stderr.isatty())
     try:
         result = evaluate(base, others, sections, ctx=ctx, chunks=chunks, threads=threads,
                           device=device, progress=bar.update,
@@ -109,29 +111,6 @@ def _default_sections() -> list[tuple[str, str]]:
     if not sections:
         raise KilnError(None, "this kiln ships no held-out text; give --text FILE")
     return sections
-
-
-class _Bar:
-    """click's progress bar over chunks (all models), with ETA, on stderr when it is a terminal."""
-
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar, self.done = quiet or not sys.stderr.isatty(), None, 0
-
-    def update(self, done: int, total: int, label: str) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label="eval", file=sys.stderr,
-                                         show_eta=True, show_percent=True, width=30,
-                                         item_show_func=lambda name: name)
-            self.bar.__enter__()
-        self.bar.update(done - self.done, label)
-        self.done = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
 
 
 COMMANDS = [eval_cmd]

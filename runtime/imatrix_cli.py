@@ -1,12 +1,13 @@
 """`kiln imatrix`: an importance matrix for quantizing, as llama-imatrix computes it."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from convert.errors import KilnError
+
+from .progress import ChunkBar
 
 
 def default_text(model: Path) -> tuple[str, list[str]]:
@@ -63,7 +64,7 @@ def imatrix_cmd(model: Path, out: Path, texts: tuple[Path, ...], chunks: int | N
     else:
         text, datasets = default_text(model)
         source, special = None, True
-    bar = _Bar(quiet, f"{model.name} -> {out.name}")
+    bar = ChunkBar(f"{model.name} -> {out.name}", quiet)
     try:
         summary = compute_imatrix(model, out, text, datasets=datasets, ctx=ctx, chunks=chunks,
                                   threads=threads, parse_special=special,
@@ -74,27 +75,6 @@ def imatrix_cmd(model: Path, out: Path, texts: tuple[Path, ...], chunks: int | N
     click.echo(f"wrote {summary.path}: {summary.entries} entries, {summary.chunks} chunks of "
                f"{summary.chunk_size} tokens ({summary.tokens} tokens), "
                f"{summary.tokens_per_second:.1f} tokens/s, {summary.seconds:.1f} s")
-
-
-class _Bar:
-    """A click progress bar over chunks (with ETA), opened on the first report."""
-
-    def __init__(self, quiet: bool, label: str):
-        self.quiet, self.label, self.bar, self.done = quiet, label, None, 0
-
-    def update(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr,
-                                         show_eta=True, show_pos=True, width=30)
-            self.bar.__enter__()
-        self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
 
 
 COMMANDS = [imatrix_cmd]

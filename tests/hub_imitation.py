@@ -30,6 +30,23 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model", ".msgpack", ".g
                 ".onnx", ".ckpt")
 
 
+def isolate_hf_env(monkeypatch, hf_home: Path) -> None:
+    """The real huggingface-hub client, pointed nowhere yet: its cache in `hf_home`, no token,
+    online, loopback not proxied, and no daily "agent harness" list fetched at import time.
+    Set HF_ENDPOINT to a HubImitation's endpoint afterwards."""
+    import huggingface_hub.constants as hfc
+    from huggingface_hub.utils import _detect_agent
+
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(hf_home / "token"))
+    monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+
+
 @dataclass
 class HubRepo:
     repo_id: str

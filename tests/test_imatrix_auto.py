@@ -7,7 +7,6 @@ what `llama-imatrix` computes on a Q8_0 of the checkpoint from the same text.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -117,21 +116,12 @@ def test_pull_imatrix_auto(ckpt, tmp_path, monkeypatch, capsys):
     """`kiln pull --imatrix auto` through the real huggingface-hub client against a loopback
     Hub imitation: the entry is quantized with an importance matrix and its manifest says so;
     a second pull without --imatrix keeps it, one asking for it when it lacks one re-makes it."""
-    import huggingface_hub.constants as hfc
-    from huggingface_hub.utils import _detect_agent
-
     from convert.cli import run_cli
-    from hub_imitation import HubImitation, files_from_dir
+    from hub_imitation import HubImitation, files_from_dir, isolate_hf_env
     from runtime.store import Store
 
     monkeypatch.setenv("KILN_HOME", str(tmp_path / "kiln"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+    isolate_hf_env(monkeypatch, tmp_path / "hf")
 
     def kiln_in(*args) -> int:
         try:

@@ -17,15 +17,13 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import gguf  # noqa: E402
-from hf_models import CORPUS  # noqa: E402
+from hf_models import CORPUS, kiln, kiln_fails, nothing_left  # noqa: E402
 from kquant_ref import build_case, differences  # noqa: E402
 
 from convert import imatrix as imatrix_file  # noqa: E402
-from convert.cli import run_cli  # noqa: E402
 from convert.gguf_file import GGUFFile  # noqa: E402
 from convert.pipeline import convert  # noqa: E402
 from runtime import imatrix as collect  # noqa: E402
-from runtime.cli import cli  # noqa: E402
 
 CTX, THREADS, RTOL = 128, 2, 1e-4
 # (case of kquant_ref, GGUF type): dense llama (F16, BF16), MoE mixtral (F16, Q8_0), MPT's fused
@@ -194,27 +192,6 @@ def test_kiln_loads_llama_imatrix(models, text_file, tmp_path):
 
 
 # ------------------------------------------------------------------------------ the CLI
-
-def kiln(*args) -> None:
-    try:
-        run_cli(cli, [str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"kiln {' '.join(map(str, args))} exited {exc.code}"
-
-
-def kiln_fails(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(cli, [str(a) for a in args])
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
-def nothing_left(out) -> None:
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-
 
 def test_cli_writes_and_reports(models, text_file, tmp_path, capsys):
     out = tmp_path / "x.imatrix"

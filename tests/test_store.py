@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import pytest
 
-from hub_imitation import HubImitation, files_from_dir
+from hub_imitation import HubImitation, files_from_dir, isolate_hf_env
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -70,19 +70,8 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """KILN_HOME and HF_HOME in tmp, no token, online, and no traffic beyond loopback."""
-    import huggingface_hub.constants as hfc
-    from huggingface_hub.utils import _detect_agent
-
     monkeypatch.setenv("KILN_HOME", str(tmp_path / "kiln"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    # huggingface-hub 2.4 fetches an "agent harness" list from its import-time endpoint once a day
-    monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+    isolate_hf_env(monkeypatch, tmp_path / "hf")
     real_connect = socket.socket.connect
 
     def loopback_only(self, address):

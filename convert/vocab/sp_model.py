@@ -105,6 +105,12 @@ def _expect(wtype: int, want: int, what: str) -> None:
         raise ValueError(f"{what}: wire type {wtype}, expected {want}")
 
 
+# TrainerSpec varint fields kiln reads: field number -> (attribute, decoder)
+TRAINER_FIELDS = {3: ("model_type", int), 24: ("treat_whitespace_as_suffix", bool),
+                  35: ("byte_fallback", bool), 40: ("unk_id", _int32), 41: ("bos_id", _int32),
+                  42: ("eos_id", _int32), 43: ("pad_id", _int32)}
+
+
 def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
     """Decode a SentencePiece `tokenizer.model`; ValueError when it is not one."""
     pieces: list[tuple[str, float, int]] = []
@@ -131,22 +137,9 @@ def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
         elif fnum == 2:
             _expect(wtype, 2, "ModelProto.trainer_spec")
             for f, w, v in _fields(val):
-                if w != 0:
-                    continue
-                if f == 3:
-                    sp.model_type = v
-                elif f == 24:
-                    sp.treat_whitespace_as_suffix = bool(v)
-                elif f == 35:
-                    sp.byte_fallback = bool(v)
-                elif f == 40:
-                    sp.unk_id = _int32(v)
-                elif f == 41:
-                    sp.bos_id = _int32(v)
-                elif f == 42:
-                    sp.eos_id = _int32(v)
-                elif f == 43:
-                    sp.pad_id = _int32(v)
+                if w == 0 and f in TRAINER_FIELDS:
+                    attr, read = TRAINER_FIELDS[f]
+                    setattr(sp, attr, read(v))
         elif fnum == 3:
             _expect(wtype, 2, "ModelProto.normalizer_spec")
             for f, w, v in _fields(val):
